@@ -1,0 +1,3 @@
+from dte_aar.cli import main
+
+main()

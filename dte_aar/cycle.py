@@ -1,0 +1,382 @@
+"""The AAR cycle: generate -> curate -> train -> evaluate -> checkpoint -> commit.
+
+Every phase's start and outcome is written to ``cycles`` and ``events`` before the next one
+begins, so a run stopped anywhere (Ctrl-C, kill -9) resumes at the first phase not marked done:
+
+- generate: one sample per (cycle, generator, slot); filled slots are skipped on resume.
+- curate: one verdict per (sample, curator); judged samples are skipped on resume.
+- train: the trainer writes its checkpoint atomically; a rerun simply overwrites it.
+- checkpoint: the file's sha256 must still match what train recorded before it is registered
+  as good, so a torn or altered file is never taken for a good one.
+
+The cycle knows plugins only through the hooks (:mod:`dte_aar.plugins`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dte_aar.arena import Arena, heldout
+from dte_aar.config import Settings
+from dte_aar.hookspecs import (
+    CycleContext,
+    Event,
+    GenerationRequest,
+    TrainResult,
+)
+from dte_aar.plugins import PluginManager
+from dte_aar.progress import NullProgress, Progress
+from dte_aar.store import PHASES, Store, now
+
+# The seed's stages by layer count (stage 5, refinement, follows the last layer).
+STAGE_LAYERS = ((1, 1), (2, 8), (3, 16), (4, 24))
+
+
+def stage_for(layers: int) -> int:
+    for stage, last_layer in STAGE_LAYERS:
+        if layers <= last_layer:
+            return stage
+    return 5
+
+
+class CycleError(Exception):
+    """A phase could not complete; the cycle is left resumable."""
+
+
+@dataclass
+class CycleOutcome:
+    n: int
+    layers: int
+    generated: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seed_rows(arena: Arena, settings: Settings) -> list[dict[str, Any]]:
+    """The arena's seed examples as corpus rows, with a stable held-out split."""
+    return [
+        {
+            "cycle": 0,
+            "source": "seed",
+            "origin": example.origin,
+            "text": example.text,
+            "split": (
+                "heldout"
+                if heldout(example.origin, settings.seed, settings.heldout_fraction)
+                else "train"
+            ),
+            "status": "accepted",
+        }
+        for example in arena.seed
+    ]
+
+
+class Cycle:
+    """Runs bootstrap cycles for one workspace; one instance per `dte bootstrap`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        workspace: Path,
+        store: Store,
+        manager: PluginManager,
+        arena: Arena,
+        progress: Progress | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.workspace = Path(workspace)
+        self.store = store
+        self.manager = manager
+        self.arena = arena
+        self.progress = progress or NullProgress()
+        self.say = say or (lambda message: None)
+        self.registry = manager.registry()
+        self.run_id: int | None = None
+        self._phase_now: str | None = None  # tags metrics with the phase that logged them
+        # Resolve every configured component up front: a typo fails before any work.
+        self.generators = [self.registry.get("generator", n) for n in settings.generators]
+        self.curators = [self.registry.get("curator", n) for n in settings.curators]
+        self.trainer = self.registry.get("trainer", settings.trainer)
+        self.evaluators = [self.registry.get("evaluator", n) for n in settings.evaluators]
+
+    # ------------------------------------------------------------------ run
+    def run(self, cycles: int) -> list[CycleOutcome]:
+        """Run ``cycles`` cycles (finishing an interrupted one first counts as one)."""
+        settings_json = self.settings.model_dump(mode="json")
+        self.run_id = self.store.start_run(self.arena.name, self.settings.preset, settings_json)
+        self.event("run_started", data={"cycles": cycles})
+        added = self.store.add_samples(seed_rows(self.arena, self.settings))
+        if added:
+            self.event("seed_loaded", data={"samples": added})
+        outcomes: list[CycleOutcome] = []
+        status = "failed"
+        try:
+            for _ in range(cycles):
+                outcomes.append(self.run_cycle(self.next_cycle()))
+            status = "done"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self.event("run_interrupted")
+            raise
+        finally:
+            self.store.end_run(self.run_id, status)
+            self.event("run_ended", data={"status": status})
+        return outcomes
+
+    def next_cycle(self) -> int:
+        last = self.store.last_cycle()
+        if last is None:
+            return 0
+        return last["n"] if last["status"] != "done" else last["n"] + 1
+
+    def run_cycle(self, n: int) -> CycleOutcome:
+        started = time.perf_counter()
+        checkpoint = self.store.latest_checkpoint()
+        layers = (checkpoint.layers if checkpoint else 0) + 1
+        row = self.store.open_cycle(n, self.run_id or 0, stage_for(layers), layers)
+        resumed = any(row[f"phase_{p}"] for p in PHASES)
+        self.event("cycle_started", n, data={"layers": layers, "resumed": resumed})
+        if resumed:
+            self.say(f"resuming cycle {n} (layers {layers})")
+        ctx = self.context(n, layers, checkpoint)
+        outcome = CycleOutcome(n=n, layers=layers)
+        for phase in PHASES:
+            if row[f"phase_{phase}"] == "done":
+                continue
+            self.store.set_phase(n, phase, "running")
+            self.event("phase_started", n, phase)
+            self._phase_now = phase
+            try:
+                detail = getattr(self, f"_{phase}")(ctx, outcome) or {}
+            except BaseException as exc:
+                self.store.set_phase(n, phase, "failed", error=f"{type(exc).__name__}: {exc}")
+                self.event("phase_failed", n, phase, {"error": str(exc)})
+                if not isinstance(exc, KeyboardInterrupt | SystemExit):
+                    self.store.update_cycle(n, status="failed")
+                raise
+            self.store.set_phase(n, phase, "done")
+            self.event("phase_ended", n, phase, detail)
+        outcome.metrics = {
+            name: values[n]
+            for name in ("heldout_ppl", "train_loss")
+            if n in (values := self.store.metric_by_cycle(name))
+        }
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def context(self, n: int, layers: int, checkpoint: Any) -> CycleContext:
+        stage = stage_for(layers)
+
+        def log_metric(name: str, value: float, step: int | None = None) -> None:
+            self.store.log_metric(
+                run_id=self.run_id,
+                cycle=n,
+                phase=self._phase_now,
+                stage=stage,
+                layers=layers,
+                step=step,
+                name=name,
+                value=float(value),
+            )
+
+        return CycleContext(
+            run_id=self.run_id or 0,
+            cycle=n,
+            settings=self.settings,
+            workspace=self.workspace,
+            arena=self.arena,
+            store=self.store,
+            checkpoint=checkpoint,
+            progress=self.progress,
+            log_metric=log_metric,
+            plugin_config=lambda name: dict(self.settings.plugins.get(name, {})),
+        )
+
+    # ------------------------------------------------------------------ phases
+    def _generate(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
+        written = 0
+        for generator in self.generators:
+            requests = self.requests(ctx, generator.name)
+            if not requests:
+                continue
+            task = self.progress.task(f"gen:{generator.name}", total=len(requests))
+            try:
+                for candidate in generator.generate(requests, ctx):
+                    sample_id = self.store.add_sample(
+                        cycle=ctx.cycle,
+                        source="generated",
+                        generator=generator.name,
+                        slot=candidate.slot,
+                        model=candidate.model,
+                        prompt=candidate.prompt,
+                        text=candidate.text,
+                        tokens=candidate.tokens,
+                        cost=candidate.cost,
+                    )
+                    if sample_id is not None:
+                        written += 1
+                        self.event("sample", ctx.cycle, "generate", {"id": sample_id})
+                    task.advance(1)
+            except Exception as exc:  # a crashed generator costs its own slots only
+                self.plugin_failed(ctx.cycle, "generate", generator.name, exc)
+            finally:
+                task.close()
+        outcome.generated = written
+        return {"written": written}
+
+    def requests(self, ctx: CycleContext, generator: str) -> list[GenerationRequest]:
+        """Deterministic prompts for this (cycle, generator); filled slots left out."""
+        rng = random.Random(f"{ctx.seed}:{generator}")
+        filled = self.store.filled_slots(ctx.cycle, generator)
+        seed_texts = [e.text for e in self.arena.seed]
+        requests = []
+        for slot in range(self.settings.generate.samples_per_cycle):
+            prompt = rng.choice(self.arena.prompts)
+            style = rng.choice(seed_texts)
+            slot_seed = rng.randrange(2**31)
+            if slot not in filled:
+                requests.append(GenerationRequest(slot, prompt, style, slot_seed))
+        return requests
+
+    def _curate(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
+        pending = self.store.samples("cycle = ? and status = 'pending'", [ctx.cycle])
+        ids = [s.id for s in pending]
+        for curator in self.curators:
+            done = self.store.judged(curator.name, ids)
+            todo = [s for s in pending if s.id not in done]
+            if not todo:
+                continue
+            task = self.progress.task(f"cur:{curator.name}", total=len(todo))
+            try:
+                for verdict in curator.curate(todo, ctx):
+                    self.store.add_verdict(
+                        verdict.sample_id,
+                        ctx.cycle,
+                        curator.name,
+                        verdict.keep,
+                        verdict.score,
+                        verdict.reason,
+                    )
+                    task.advance(1)
+            except Exception as exc:
+                self.plugin_failed(ctx.cycle, "curate", curator.name, exc)
+            finally:
+                task.close()
+        for sample in pending:
+            verdicts = self.store.verdicts_for(sample.id)
+            keep = bool(verdicts) and all(v["keep"] for v in verdicts)
+            self.store.set_sample_status(sample.id, "accepted" if keep else "rejected")
+            outcome.accepted += keep
+            outcome.rejected += not keep
+        counts = self.store.corpus_counts()
+        real = counts.get("seed:accepted", 0) + counts.get("import:accepted", 0)
+        synthetic = counts.get("generated:accepted", 0)
+        ctx.log_metric("corpus_real", real, None)
+        ctx.log_metric("corpus_synthetic", synthetic, None)
+        ctx.log_metric("synthetic_share", synthetic / max(1, real + synthetic), None)
+        return {"accepted": outcome.accepted, "rejected": outcome.rejected}
+
+    def _train(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
+        self.store.clear_metrics(ctx.cycle, "train")
+        result: TrainResult = self.trainer.train(ctx)
+        digest = sha256_file(result.path)
+        record = {
+            "path": str(result.path),
+            "sha256": digest,
+            "layers": result.layers,
+            "params": result.params,
+        }
+        self.store.update_cycle(
+            ctx.cycle,
+            train_result=json.dumps(record),
+            layers=result.layers,
+            stage=stage_for(result.layers),
+        )
+        for name, value in result.metrics.items():
+            ctx.log_metric(name, value, None)
+        return record
+
+    def _train_record(self, n: int) -> dict[str, Any]:
+        row = self.store.cycle(n)
+        if not row or not row["train_result"]:
+            raise CycleError(f"cycle {n}: no training result recorded")
+        return json.loads(row["train_result"])
+
+    def _evaluate(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
+        record = self._train_record(ctx.cycle)
+        self.store.clear_metrics(ctx.cycle, "evaluate")
+        results: dict[str, float] = {}
+        for evaluator in self.evaluators:
+            try:
+                scores = evaluator.evaluate(Path(record["path"]), ctx)
+            except Exception as exc:
+                self.plugin_failed(ctx.cycle, "evaluate", evaluator.name, exc)
+                continue
+            for name, value in scores.items():
+                ctx.log_metric(name, value, None)
+                results[name] = float(value)
+        return results
+
+    def _checkpoint(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
+        record = self._train_record(ctx.cycle)
+        path = Path(record["path"])
+        actual = sha256_file(path) if path.exists() else "missing"
+        if actual != record["sha256"]:
+            # The file changed after training wrote it: redo training on resume.
+            self.store.set_phase(ctx.cycle, "train", None)
+            self.store.set_phase(ctx.cycle, "evaluate", None)
+            raise CycleError(f"{path}: checkpoint does not match its recorded sha256")
+        self.store.register_checkpoint(
+            ctx.cycle, path, record["sha256"], record["layers"], record["params"]
+        )
+        return {"path": str(path), "sha256": record["sha256"]}
+
+    def _commit(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
+        self.store.update_cycle(ctx.cycle, status="done", ended_at=now(), error=None)
+        return {"layers": outcome.layers}
+
+    # ------------------------------------------------------------------ events
+    def plugin_failed(self, cycle: int, phase: str, name: str, exc: BaseException) -> None:
+        owner = next((o for (_, comp), o in self.registry.owners.items() if comp == name), name)
+        message = f"{type(exc).__name__}: {exc}"
+        self.say(f"warning: plugin {owner!r} ({name}) failed in {phase}: {message}")
+        self.event(
+            "plugin_failed",
+            cycle,
+            phase,
+            {
+                "plugin": owner,
+                "component": name,
+                "error": message,
+                "trace": traceback.format_exc(limit=5),
+            },
+        )
+
+    def event(
+        self,
+        kind: str,
+        cycle: int | None = None,
+        phase: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.store.add_event(kind, self.run_id, cycle, phase, data)
+        self.manager.emit(Event(kind, self.run_id, cycle, phase, dict(data or {})))

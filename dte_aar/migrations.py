@@ -1,0 +1,162 @@
+"""The schema's history, ``llm``-style: small decorated functions applied once each, in order.
+
+Never edit a migration that has shipped; add a new one. ``migrate(db)`` records each applied
+migration in ``_dte_migrations`` so an existing database is brought forward, not rebuilt.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+TABLE = "_dte_migrations"
+
+
+def migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    table = db[TABLE]
+    if not table.exists():
+        db[TABLE].create({"name": str, "applied_at": str}, pk="name")
+    done = {row["name"] for row in db[TABLE].rows}
+    applied = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        with db.conn:
+            fn(db)
+            db[TABLE].insert({"name": fn.__name__, "applied_at": _now()})
+        applied.append(fn.__name__)
+    return applied
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": int,
+            "started_at": str,
+            "ended_at": str,
+            "status": str,  # running | done | interrupted | failed
+            "arena": str,
+            "preset": str,
+            "settings": str,  # JSON, secrets excluded
+        },
+        pk="id",
+    )
+    db["cycles"].create(
+        {
+            "n": int,
+            "run_id": int,
+            "stage": int,
+            "layers": int,
+            "status": str,  # running | done | failed
+            "phase_generate": str,  # NULL | running | done | failed
+            "phase_curate": str,
+            "phase_train": str,
+            "phase_evaluate": str,
+            "phase_checkpoint": str,
+            "phase_commit": str,
+            "train_result": str,  # JSON: path, sha256, layers, params
+            "error": str,
+            "started_at": str,
+            "ended_at": str,
+        },
+        pk="n",
+    )
+    db["samples"].create(
+        {
+            "id": int,
+            "cycle": int,
+            "source": str,  # seed | import | generated
+            "origin": str,  # file#chunk for seed/import
+            "generator": str,
+            "slot": int,
+            "model": str,
+            "prompt": str,
+            "text": str,
+            "text_hash": str,
+            "tokens": int,
+            "cost": float,
+            "split": str,  # train | heldout
+            "status": str,  # pending | accepted | rejected
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["samples"].create_index(["text_hash"])
+    db["samples"].create_index(["status", "split"])
+    db["samples"].create_index(["cycle", "generator", "slot"], unique=True)
+    db["samples"].create_index(["source", "origin"], unique=True)
+    db["verdicts"].create(
+        {
+            "id": int,
+            "sample_id": int,
+            "cycle": int,
+            "curator": str,
+            "keep": int,
+            "score": float,
+            "reason": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("sample_id", "samples", "id")],
+    )
+    db["verdicts"].create_index(["sample_id", "curator"], unique=True)
+    db["metrics"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "cycle": int,
+            "phase": str,
+            "stage": int,
+            "layers": int,
+            "step": int,
+            "name": str,
+            "value": float,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["metrics"].create_index(["cycle", "name"])
+    db["checkpoints"].create(
+        {
+            "id": int,
+            "cycle": int,
+            "path": str,
+            "sha256": str,
+            "layers": int,
+            "params": int,
+            "status": str,  # good | bad
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["events"].create(
+        {
+            "id": int,
+            "ts": str,
+            "run_id": int,
+            "cycle": int,
+            "phase": str,
+            "kind": str,
+            "data": str,
+        },
+        pk="id",
+    )
+    db["events"].create_index(["cycle"])
+    db["control"].create(
+        {"id": int, "ts": str, "command": str, "handled_at": str},
+        pk="id",
+    )
