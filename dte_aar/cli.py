@@ -20,8 +20,8 @@ from dte_aar.plugins import PluginError, PluginManager
 from dte_aar.store import Store, StoreError, text_hash
 
 DEFAULT_WORKSPACE = "dte-workspace"
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class UserError(click.ClickException):

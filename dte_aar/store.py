@@ -137,12 +137,13 @@ class Store:
         values.setdefault("text_hash", text_hash(values["text"]))
         values.setdefault("split", "train")
         values.setdefault("status", "pending")
+        table = self.db["samples"]
         try:
             with self.db.conn:
-                self.db["samples"].insert(values)
+                table.insert(values)
         except sqlite3.IntegrityError:
             return None
-        return int(self.db["samples"].last_pk)
+        return int(table.last_pk)
 
     def add_samples(self, rows: Iterable[dict[str, Any]]) -> int:
         """Insert many (seed, imports) in one transaction, ignoring existing keys."""

@@ -27,6 +27,8 @@
 ;; vector happens to miss the dominant mode, the estimate can wobble
 ;; or settle on the wrong value. For checking a reservoir it is a
 ;; useful ear, not an oracle; the leading mode must stand alone.
+;; The third example below is lucky: its eigenvalues share one size,
+;; but the all-ones start is itself an eigenvector of that rotation.
 ;;
 ;; Example usage:
 ;; (power-estimate '((2.0 1.0) (1.0 2.0)) 30) => 3.0

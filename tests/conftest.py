@@ -1,0 +1,26 @@
+"""Shared fixtures: small, seeded workspaces so the whole suite stays fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import FAST_CONFIG
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DTE_* variable from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("DTE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "dte.toml").write_text(FAST_CONFIG)
+    return ws
