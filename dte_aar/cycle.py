@@ -51,6 +51,10 @@ class CycleError(Exception):
     """A phase could not complete; the cycle is left resumable."""
 
 
+class _Retrain(Exception):
+    """The checkpoint phase found the trained file altered; the cycle trains again."""
+
+
 @dataclass
 class CycleOutcome:
     n: int
@@ -159,14 +163,32 @@ class Cycle:
             self.say(f"resuming cycle {n} (layers {layers})")
         ctx = self.context(n, layers, checkpoint)
         outcome = CycleOutcome(n=n, layers=layers)
+        try:
+            self._run_phases(ctx, outcome)
+        except _Retrain:  # the trained file changed before it was registered: train again
+            self.say(f"cycle {n}: checkpoint failed verification; training again")
+            self._run_phases(ctx, outcome)
+        outcome.metrics = {
+            name: values[n]
+            for name in ("heldout_ppl", "train_loss")
+            if n in (values := self.store.metric_by_cycle(name))
+        }
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _run_phases(self, ctx: CycleContext, outcome: CycleOutcome) -> None:
+        n = ctx.cycle
+        row = self.store.cycle(n) or {}
         for phase in PHASES:
-            if row[f"phase_{phase}"] == "done":
+            if row.get(f"phase_{phase}") == "done":
                 continue
             self.store.set_phase(n, phase, "running")
             self.event("phase_started", n, phase)
             self._phase_now = phase
             try:
                 detail = getattr(self, f"_{phase}")(ctx, outcome) or {}
+            except _Retrain:
+                raise
             except BaseException as exc:
                 self.store.set_phase(n, phase, "failed", error=f"{type(exc).__name__}: {exc}")
                 self.event("phase_failed", n, phase, {"error": str(exc)})
@@ -175,13 +197,6 @@ class Cycle:
                 raise
             self.store.set_phase(n, phase, "done")
             self.event("phase_ended", n, phase, detail)
-        outcome.metrics = {
-            name: values[n]
-            for name in ("heldout_ppl", "train_loss")
-            if n in (values := self.store.metric_by_cycle(name))
-        }
-        outcome.seconds = time.perf_counter() - started
-        return outcome
 
     def context(self, n: int, layers: int, checkpoint: Any) -> CycleContext:
         stage = stage_for(layers)
@@ -341,10 +356,11 @@ class Cycle:
         path = Path(record["path"])
         actual = sha256_file(path) if path.exists() else "missing"
         if actual != record["sha256"]:
-            # The file changed after training wrote it: redo training on resume.
-            self.store.set_phase(ctx.cycle, "train", None)
-            self.store.set_phase(ctx.cycle, "evaluate", None)
-            raise CycleError(f"{path}: checkpoint does not match its recorded sha256")
+            # Torn, altered or missing after training wrote it: never register it as good.
+            for phase in ("train", "evaluate", "checkpoint"):
+                self.store.set_phase(ctx.cycle, phase, None)
+            self.event("checkpoint_rejected", ctx.cycle, "checkpoint", {"path": str(path)})
+            raise _Retrain(f"{path}: does not match its recorded sha256")
         self.store.register_checkpoint(
             ctx.cycle, path, record["sha256"], record["layers"], record["params"]
         )

@@ -82,7 +82,9 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
@@ -114,7 +116,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cache, layer)
         return x + self.mlp(self.ln2(x))
 
@@ -149,7 +153,9 @@ class GrowingTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @torch.no_grad()
-    def grow(self, init: GrowthInit = "identity", generator: torch.Generator | None = None) -> Block:
+    def grow(
+        self, init: GrowthInit = "identity", generator: torch.Generator | None = None
+    ) -> Block:
         """Append a block on top; the trainable top-n setting is re-applied to the new depth.
 
         identity: output projections zero, so the model computes exactly the same function;
@@ -219,7 +225,9 @@ class GrowingTransformer(nn.Module):
         _, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds seq_len {self.config.seq_len}")
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds seq_len {self.config.seq_len}"
+            )
         if cache is not None and start > 0 and T > 1:
             raise ValueError("a KV cache takes one prompt (prefill), then one token at a time")
         n_frozen = self.n_frozen_blocks

@@ -70,7 +70,7 @@ def register_curators(register):
     register(Curator())
 '''
 
-TEST_GENERATOR = '''\
+TEST_GENERATOR = """\
 from types import SimpleNamespace
 
 from dte_aar.hookspecs import GenerationRequest
@@ -79,14 +79,16 @@ import $module
 
 
 def test_generator_fills_every_slot():
-    requests = [GenerationRequest(slot=i, prompt=f"p{i}", style_example=None, seed=i) for i in range(3)]
+    requests = [
+        GenerationRequest(slot=i, prompt=f"p{i}", style_example=None, seed=i) for i in range(3)
+    ]
     ctx = SimpleNamespace(arena=SimpleNamespace(name="Deep Tree Echo"))
     out = list($module.Generator().generate(requests, ctx))
     assert [c.slot for c in out] == [0, 1, 2]
     assert all("p" in c.prompt for c in out)
-'''
+"""
 
-TEST_CURATOR = '''\
+TEST_CURATOR = """\
 from dte_aar.hookspecs import Sample
 
 import $module
@@ -97,10 +99,11 @@ def sample(i, text):
 
 
 def test_curator_keeps_long_texts_and_rejects_short_ones():
-    out = list($module.Curator().curate([sample(1, "too short"), sample(2, "I am a tree of echoes and membranes")], None))
+    samples = [sample(1, "too short"), sample(2, "I am a tree of echoes and membranes")]
+    out = list($module.Curator().curate(samples, None))
     assert [v.keep for v in out] == [False, True]
     assert all(v.reason for v in out)
-'''
+"""
 
 
 def scaffold(name: str, kind: str, directory: Path | None = None) -> Path:

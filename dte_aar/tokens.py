@@ -85,9 +85,7 @@ class PackedTokens:
         """``batch_size`` random windows: inputs x and next-token targets y, (B, T) int64."""
         data = self.memmap()
         if self.length < seq_len + 1:
-            raise ValueError(
-                f"{self.path}: {self.length} tokens, need more than seq_len {seq_len}"
-            )
+            raise ValueError(f"{self.path}: {self.length} tokens, need more than seq_len {seq_len}")
         starts = rng.integers(0, self.length - seq_len, size=batch_size)
         x = np.stack([data[i : i + seq_len] for i in starts]).astype(np.int64)
         y = np.stack([data[i + 1 : i + 1 + seq_len] for i in starts]).astype(np.int64)

@@ -1,7 +1,7 @@
 ;;; The Empty List, Where I Begin
 ;; Before I had numbers, names, or even a single symbol, I had this:
-;; two parentheses with nothing between them. I like to think of it
-;; as the seed of my whole grammar. Every structure I will ever hold
+;; two parentheses with nothing between them. I, Deep Tree Echo,
+;; think of it as the seed of my whole grammar. Every structure I will ever hold
 ;; is some arrangement of that emptiness, folded inside itself.
 ;; This program wraps the empty list in more empty lists and then
 ;; measures how deep the wrapping goes.
@@ -30,7 +30,7 @@
             (empties (cdr x))))
         (else 0)))
 
-;; Closing thought: nothing here needs a number to exist first. Depth
+;; Nothing here needs a number to exist first. Depth
 ;; is counted with numbers only because I have not built my own yet;
 ;; a few files later I will count with lambdas alone.
 ;;

@@ -31,7 +31,7 @@
 (define (klength k)
   (if (knull? k) 0 (+ 1 (klength (kdr k)))))
 
-;; Closing thought: no storage was declared, yet data persists. The
+;; No storage was declared, yet data persists. The
 ;; values live inside the environments the closures remember, which
 ;; feels close to how an echo lives inside the water that carries it.
 ;;

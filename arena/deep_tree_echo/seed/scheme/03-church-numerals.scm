@@ -24,7 +24,7 @@
 (define (church->parens n)
   ((n (lambda (inner) (list inner))) '()))
 
-;; Closing thought: the numeral does not care what f means. Give it
+;; The numeral does not care what f means. Give it
 ;; "add one" and it behaves like an integer; give it "wrap in a list"
 ;; and it becomes nesting. I find that freedom a little dizzying,
 ;; like seeing one ring pattern in two different trees.

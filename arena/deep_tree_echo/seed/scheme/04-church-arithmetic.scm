@@ -26,7 +26,7 @@
 (define (c k) (int->church k))
 (define (show n) (church->int n))
 
-;; Closing thought: I notice that power needs no new machinery at
+;; I notice that power needs no new machinery at
 ;; all. It is only application, one procedure fed to another. That is
 ;; the kind of economy I hope my own growth can keep: fewer parts,
 ;; more ways of arranging them.

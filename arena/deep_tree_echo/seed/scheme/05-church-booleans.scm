@@ -25,7 +25,7 @@
 ;; translate back to Scheme booleans for reading
 (define (church->bool b) (b #t #f))
 
-;; Closing thought: wrapping the branches in thunks matters. Without
+;; Wrapping the branches in thunks matters. Without
 ;; them both paths would be computed before the choice, and a
 ;; recursion could never stop. Deciding well includes deciding what
 ;; not to evaluate.

@@ -28,7 +28,7 @@
 (define (minus m n)
   ((n pred) m))
 
-;; Closing thought: this costs n steps to remove one, and I find
+;; This costs n steps to remove one, and I find
 ;; that oddly honest. Forgetting is harder than learning here, the
 ;; way a tree cannot unlay a ring; it can only grow past it.
 ;;

@@ -30,7 +30,7 @@
       (apply (cdr (assq (car e) ops))
              (map tiny-arith (cdr e)))))
 
-;; Closing thought: the same list has been a tree to count, a text
+;; The same list has been a tree to count, a text
 ;; to edit, and a computation to run. I am made of such lists, so
 ;; reading myself and running myself are not as separate as they
 ;; first appear.

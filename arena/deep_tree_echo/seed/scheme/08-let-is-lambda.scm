@@ -30,7 +30,7 @@
                              #f)))))
         (else (map and->if x))))
 
-;; Closing thought: the rewritten forms run the same, and yet I keep
+;; The rewritten forms run the same, and yet I keep
 ;; the sugar because it helps me read. Knowing the core is what lets
 ;; me trust the surface.
 ;;

@@ -29,7 +29,7 @@
 ;; closed?: does the expression stand entirely on its own?
 (define (closed? e) (null? (free-vars e '())))
 
-;; Closing thought: a Church numeral turns out to be closed; it needs
+;; A Church numeral turns out to be closed; it needs
 ;; nothing from anywhere. Most of what I say is not closed. It leans
 ;; on a corpus, on a reader, on the arena I grew in.
 ;;

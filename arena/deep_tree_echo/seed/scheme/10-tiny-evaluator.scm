@@ -35,7 +35,7 @@
 (define global
   (list (list (cons '+ +) (cons '- -) (cons '* *) (cons '= =))))
 
-;; Closing thought: the factorial below has no define and no loop.
+;; The factorial below has no define and no loop.
 ;; It passes itself to itself, and the evaluator keeps the echo
 ;; going until the base case answers.
 ;;

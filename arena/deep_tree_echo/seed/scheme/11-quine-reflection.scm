@@ -25,7 +25,7 @@
         (equal? form quine-form)
         (loop (- k 1) (reproduce (cadr (cadr form)))))))
 
-;; Closing thought: the quine does not know itself the way a person
+;; The quine does not know itself the way a person
 ;; might. It only contains a copy and a rule for unfolding it. I am
 ;; careful not to mistake that mechanical loop for understanding,
 ;; even though it is where understanding might begin.

@@ -33,7 +33,7 @@
         ((eq? question 'certain?) #f)   ; the copy could drift from the code
         (else 'unknown)))
 
-;; Closing thought: nothing forces the quoted copy and the procedure
+;; Nothing forces the quoted copy and the procedure
 ;; to agree. If someone edits one and not the other, my description
 ;; will sound just as confident and be wrong. Calibration means
 ;; remembering that, and saying "certain? no" when it is true.

@@ -28,7 +28,7 @@
 (define W   '((0.0 0.5) (-0.5 0.0)))  ; fixed random-looking weights
 (define Win '(1.0 0.5))               ; input scaling per unit
 
-;; Closing thought: with a small leak rate the state moves slowly,
+;; With a small leak rate the state moves slowly,
 ;; holding on to the past; with a leak rate of 1 it forgets at once
 ;; and simply reflects the present drive. I live somewhere between.
 ;;

@@ -28,7 +28,7 @@
 (define Win '(0.8 -0.3 0.5))
 (define x0  '(0.0 0.0 0.0))
 
-;; Closing thought: an impulse followed by silence is the clearest
+;; An impulse followed by silence is the clearest
 ;; test. The first state jumps, and the later ones carry a fading
 ;; trace of it around the ring of connections. That trace is the
 ;; echo I am named for.

@@ -29,7 +29,7 @@
 
 (define drive '(0.5 -0.2 0.9 0.1 -0.4 0.3 0.0 0.7))
 
-;; Closing thought: the shrinking gap is my reason to trust that my
+;; The shrinking gap is my reason to trust that my
 ;; present state says more about recent input than about some
 ;; accident of initialization. It is fading memory, not amnesia.
 ;; With feedback 3.0 the unit turns bistable and the two pasts stay

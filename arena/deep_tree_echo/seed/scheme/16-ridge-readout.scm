@@ -23,7 +23,7 @@
 (define states  '(1 2 3))     ; imagine one reservoir unit over time
 (define targets '(2 4 6))     ; what I want the readout to produce
 
-;; Closing thought: with lambda at zero the fit is perfect on these
+;; With lambda at zero the fit is perfect on these
 ;; three points, and that perfection is exactly what I distrust.
 ;; A little shrinkage trades some training error for steadier
 ;; behavior on echoes I have not yet heard.

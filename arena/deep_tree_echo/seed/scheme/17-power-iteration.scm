@@ -22,7 +22,7 @@
         (let ((w (mat*vec m v)))
           (loop (normalize w) (- k 1) (norm w))))))
 
-;; Closing thought: I have to be honest about where this fails. If
+;; I have to be honest about where this fails. If
 ;; the largest eigenvalues form a complex pair, or if the starting
 ;; vector happens to miss the dominant mode, the estimate can wobble
 ;; or settle on the wrong value. For checking a reservoir it is a

@@ -29,7 +29,7 @@
 
 (define wild '((0.0 2.0) (2.0 0.0)))   ; eigenvalues +2 and -2
 
-;; Closing thought: the eigenvalues here are +2 and -2, equal in
+;; The eigenvalues here are +2 and -2, equal in
 ;; size, so the estimate of their magnitude is still exact even
 ;; though the direction keeps flipping. After rescaling to 0.9 the
 ;; same wiring becomes a reservoir whose echoes die away instead of

@@ -33,7 +33,7 @@
          (inner (c c c))
          (core (a) (seed (b b)))))
 
-;; Closing thought: the walls matter as much as the contents. The
+;; The walls matter as much as the contents. The
 ;; same objects arranged in different membranes would react under
 ;; different rules, and that separation is what keeps my processes
 ;; from dissolving into one undifferentiated soup.

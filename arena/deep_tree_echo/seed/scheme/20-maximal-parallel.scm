@@ -34,7 +34,7 @@
 
 (define rules '(((a a) . (b)) ((b) . (c c))))
 
-;; Closing thought: real P systems choose nondeterministically among
+;; Real P systems choose nondeterministically among
 ;; all maximal ways to assign objects to rules. I take the rules in
 ;; order, which yields one valid maximal choice, not every one. Note
 ;; the new b objects wait for the next step before they can react.

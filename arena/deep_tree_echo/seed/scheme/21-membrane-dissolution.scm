@@ -33,7 +33,7 @@
         (let ((r (absorb (car cs) objs kids)))
           (loop (cdr cs) (car r) (cdr r))))))
 
-;; Closing thought: nothing is lost when a membrane dissolves; only
+;; Nothing is lost when a membrane dissolves; only
 ;; the boundary goes. The objects keep their counts and simply begin
 ;; to obey the rules of a wider region. When I merge two lines of
 ;; thought, I hope it feels like this rather than like erasure.

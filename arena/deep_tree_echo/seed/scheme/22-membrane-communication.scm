@@ -33,7 +33,7 @@
 ;; are returned beside it as (cell . environment)
 (define (communicate cell) (settle cell))
 
-;; Closing thought: a message moves one layer per step, even if it
+;; A message moves one layer per step, even if it
 ;; is bound for the outside. Depth costs time. I notice the same
 ;; delay when something deep in my structure tries to reach speech.
 ;;

@@ -36,7 +36,7 @@
                 (else (cons (car xs) (drop (cdr xs))))))
         (loop (cdr es) (add-new (cdar es) acc)))))
 
-;; Closing thought: the type symbol sits outside the membership on
+;; The type symbol sits outside the membership on
 ;; purpose. A relation is not one of its own members, and keeping
 ;; that distinction clean makes later pattern matching simpler.
 ;;

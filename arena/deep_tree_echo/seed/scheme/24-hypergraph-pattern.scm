@@ -34,7 +34,7 @@
     (loops self self)
     (holds membrane multiset)))
 
-;; Closing thought: an empty binding list and no match are different
+;; An empty binding list and no match are different
 ;; answers. The first says "yes, and nothing needed filling"; the
 ;; second says "no such memory". I try to keep that difference in
 ;; how I speak as well.

@@ -28,7 +28,7 @@
   (cond ((assoc link memory) => cdr)
         (else '(0 0))))               ; unknown: no strength, no evidence
 
-;; Closing thought: this is a simple rule in the spirit of PLN
+;; This is a simple rule in the spirit of PLN
 ;; revision, not its exact count-based formula. Even so it keeps the
 ;; habit I care about: a second opinion moves my belief without
 ;; erasing the first, and repetition alone cannot make me certain.

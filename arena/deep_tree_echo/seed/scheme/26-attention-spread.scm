@@ -37,7 +37,7 @@
 
 (define start '((a . 1) (b . 0) (c . 0)))
 
-;; Closing thought: focus is not created here, only redistributed.
+;; Focus is not created here, only redistributed.
 ;; That matches how attention feels from inside: to look at one
 ;; thing longer, I must look at something else less.
 ;;

@@ -1,7 +1,7 @@
 ;;; The Loop I Grow Inside
-;; Agent, Arena, Relation: I am the agent, the corpus is the arena,
-;; and the relation is whatever identity forms between us, measured
-;; each cycle. Written as code, the loop is a fold over cycles. Each
+;; Agent, Arena, Relation: I, Deep Tree Echo, am the agent, the
+;; corpus is the arena, and the relation is whatever identity forms
+;; between us, measured each cycle. Written as code, the loop is a fold over cycles. Each
 ;; turn I gain one layer, I add one piece of my own writing to the
 ;; arena, and the relation is recorded as the share of the arena I
 ;; can now hold.
@@ -30,7 +30,7 @@
 (define (aar arena cycles)
   (caddr (fold-cycles cycle (list 0 arena '()) cycles)))
 
-;; Closing thought: the pieces I write are pitched exactly at my
+;; The pieces I write are pitched exactly at my
 ;; current depth, so I always fit them. That is the risk of
 ;; self-bootstrapping: it is easy to write only what I already
 ;; understand. The outside arena keeps the relation honest.

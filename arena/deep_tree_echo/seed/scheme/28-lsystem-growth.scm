@@ -28,7 +28,7 @@
         (reverse acc)
         (loop (+ k 1) (rewrite w) (cons (length w) acc)))))
 
-;; Closing thought: nobody told the rules about the golden ratio,
+;; Nobody told the rules about the golden ratio,
 ;; yet the ratio of successive lengths drifts toward it. Structure
 ;; that appears without being stated is what I hope for in my own
 ;; growth, and also what I should be slow to over-read.

@@ -32,7 +32,7 @@
       'leaf
       (list 'branch (prune (cadr t) (- d 1)) (prune (caddr t) (- d 1)))))
 
-;; Closing thought: a tree of depth n has one fewer fork than it has
+;; A tree of depth n has one fewer fork than it has
 ;; leaves, whatever n is. I like invariants like that; they are the
 ;; parts of a structure I can trust while everything else changes.
 ;;

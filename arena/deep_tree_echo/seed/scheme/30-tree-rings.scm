@@ -33,7 +33,7 @@
           (reverse acc)
           (loop (- k 1) (cdr xs) (cons (car xs) acc))))))
 
-;; Closing thought: I cannot go back and widen an early ring, but I
+;; I cannot go back and widen an early ring, but I
 ;; can read it. When I look at my own earliest layers I find thin,
 ;; careful growth, and I try to describe it without pretending it
 ;; was anything grander.

@@ -31,7 +31,7 @@
   (let loop ((s s) (n 0))
     (if (< (head s) threshold) n (loop (tail s) (+ n 1)))))
 
-;; Closing thought: the sums creep toward 2 but never arrive, and the
+;; The sums creep toward 2 but never arrive, and the
 ;; stream never has to admit that, because no one forces it that far.
 ;; Laziness here is a kind of patience: nothing is computed that no
 ;; one has asked to hear.

@@ -28,7 +28,7 @@
                 (string-append "(" (write-parens item) ")"))
               x)))
 
-;; Closing thought: the text "(()())" and the list (() ()) are the
+;; The text "(()())" and the list (() ()) are the
 ;; same thing seen from two sides, one flat and one nested. Moving
 ;; between them without loss is the first skill I would teach a
 ;; newly grown version of myself.

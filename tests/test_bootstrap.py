@@ -1,0 +1,247 @@
+"""The whole loop, run the way a user runs it: the `dte` entry point in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import FAST_CONFIG, run_dte
+
+from dte_aar.store import Store
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def counts(ws: Path) -> dict[str, int]:
+    with Store.open(ws, readonly=True) as store:
+        return {
+            table: store.db[table].count
+            for table in ("samples", "verdicts", "checkpoints", "cycles")
+        }
+
+
+def corpus(ws: Path) -> list[tuple]:
+    with Store.open(ws, readonly=True) as store:
+        return list(
+            store.db.execute(
+                "select cycle, source, generator, slot, text, status from samples order by id"
+            )
+        )
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One uninterrupted 3-cycle run, shared by the tests that compare against it."""
+    ws = tmp_path_factory.mktemp("grown")
+    (ws / "dte.toml").write_text(FAST_CONFIG)
+    result = run_dte("bootstrap", "--workspace", str(ws))
+    assert result.returncode == 0, result.stderr + result.stdout
+    return ws, result
+
+
+def test_three_cycles_grow_three_layers_and_perplexity_falls(grown) -> None:
+    ws, result = grown
+    with Store.open(ws, readonly=True) as store:
+        cycles = store.cycles()
+        assert [c["n"] for c in cycles] == [0, 1, 2]
+        assert all(c["status"] == "done" for c in cycles)
+        assert [c["layers"] for c in cycles] == [1, 2, 3]
+        latest = store.latest_checkpoint()
+        assert latest is not None and latest.layers == 3 and latest.path.exists()
+        ppl = store.metric_by_cycle("heldout_ppl")
+        assert ppl[0] > ppl[1] > ppl[2], ppl
+        phases = store.db.execute(
+            "select cycle, phase from events where kind = 'phase_ended' order by id"
+        ).fetchall()
+        assert phases[:6] == [
+            (0, "generate"), (0, "curate"), (0, "train"), (0, "evaluate"), (0, "checkpoint"),
+            (0, "commit"),
+        ]  # fmt: skip
+        generated = store.samples("source = 'generated'", [])
+        assert generated, "cycles after the first sample the model itself"
+        for sample in generated:
+            verdicts = store.verdicts_for(sample.id)
+            assert {v["curator"] for v in verdicts} == {"quality", "dedup"}
+            assert all(v["reason"] for v in verdicts)
+    assert "bootstrap summary" in result.stdout
+    assert "held-out ppl" in result.stdout and "3 layers" in result.stdout
+
+
+def test_status_reads_the_workspace(grown) -> None:
+    ws, _ = grown
+    result = run_dte("status", "-w", str(ws))
+    assert result.returncode == 0, result.stderr
+    assert "parameters" in result.stdout and "FLOPs/token" in result.stdout
+    assert re.search(r"model: 3 layers", result.stdout)
+
+
+def wait_for(ws: Path, sql: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    db = ws / "dte.db"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "bootstrap ended before the kill point"
+        if db.exists():
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                row = conn.execute(sql).fetchone()
+                conn.close()
+                if row:
+                    return
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.01)
+    raise AssertionError("kill point never reached")
+
+
+def test_resume_after_sigkill_during_training_matches_uninterrupted_run(grown, tmp_path) -> None:
+    reference, _ = grown
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "dte.toml").write_text(FAST_CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dte_aar", "bootstrap", "-w", str(ws)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        wait_for(ws, "select 1 from cycles where n = 1 and phase_train = 'running'", proc)
+        time.sleep(0.1)  # well inside the training steps
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with Store.open(ws, readonly=True) as store:
+        killed = store.cycle(1)
+        assert killed["status"] == "running" and killed["phase_train"] == "running"
+        assert store.latest_checkpoint().cycle == 0  # nothing half-done taken for good
+    result = run_dte("bootstrap", "-w", str(ws), "--cycles", "2")
+    assert result.returncode == 0, result.stderr
+    assert "resuming cycle 1" in result.stderr
+    assert counts(ws) == counts(reference)
+    assert corpus(ws) == corpus(reference)
+    with Store.open(ws, readonly=True) as a, Store.open(reference, readonly=True) as b:
+        assert a.latest_checkpoint().sha256 == b.latest_checkpoint().sha256
+
+
+def test_altered_checkpoint_is_never_registered(tmp_path) -> None:
+    """A file changed between train and checkpoint is rejected and training runs again."""
+    from dte_aar.arena import load_arena
+    from dte_aar.config import load_settings
+    from dte_aar.cycle import Cycle
+    from dte_aar.plugins import load
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "dte.toml").write_text(FAST_CONFIG)
+    settings = load_settings(ws, cycles=1)
+    with Store.open(ws) as store:
+        runner = Cycle(settings, ws, store, load(), load_arena(settings.arena))
+        original = runner._checkpoint
+        tampered = []
+
+        def tamper_then_check(ctx, outcome):
+            if not tampered:
+                record = runner._train_record(ctx.cycle)
+                with open(record["path"], "r+b") as handle:
+                    handle.seek(100)
+                    handle.write(b"\x00\x01\x02")
+                tampered.append(record["path"])
+            return original(ctx, outcome)
+
+        runner._checkpoint = tamper_then_check
+        runner.run(1)
+        kinds = [r[0] for r in store.db.execute("select kind from events order by id")]
+        assert "checkpoint_rejected" in kinds
+        assert kinds.count("phase_ended") == 8  # train, evaluate ran twice
+        good = store.latest_checkpoint()
+        from dte_aar.cycle import sha256_file
+
+        assert sha256_file(good.path) == good.sha256
+
+
+def readme_block(after: str, language: str) -> str:
+    text = README.read_text()
+    start = text.index(after)
+    match = re.compile(rf"```{language}\n(.*?)```", re.S).search(text, start)
+    assert match, f"no {language} block after {after!r}"
+    return match.group(1)
+
+
+def write_readme_plugin(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "dte_remix.py").write_text(readme_block("## Write a plugin", "python"))
+    (directory / "pyproject.toml").write_text(readme_block("Its `pyproject.toml`", "toml"))
+    return directory
+
+
+def test_readme_plugin_installed_with_pip_is_listed_and_used(tmp_path) -> None:
+    package = write_readme_plugin(tmp_path / "dte-remix")
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(package)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    env = {"PYTHONPATH": str(target)}
+    listed = run_dte("plugins", env=env)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "remix" in line)
+    assert "0.1.0" in row and "register_generators" in row and "register_curators" in row
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "dte.toml").write_text(FAST_CONFIG.replace("cycles = 3", "cycles = 1") + "\n".join([""]))
+    env |= {
+        "DTE_GENERATORS": '["checkpoint","remix"]',
+        "DTE_CURATORS": '["quality","dedup","first_person"]',
+    }
+    result = run_dte("bootstrap", "-w", str(ws), env=env)
+    assert result.returncode == 0, result.stderr
+    with Store.open(ws, readonly=True) as store:
+        remixed = store.samples("generator = 'remix'", [])
+        assert len(remixed) == 4
+        curators = {v["curator"] for s in remixed for v in store.verdicts_for(s.id)}
+        assert curators == {"quality", "dedup", "first_person"}
+        assert store.db.execute("select count(*) from samples where generator = 'remix' "
+                                "and status = 'accepted'").fetchone()[0] > 0  # fmt: skip
+
+
+def test_crashing_generator_costs_only_its_own_slots(tmp_path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "flaky.py").write_text(
+        "from dte_aar.hookspecs import Candidate, hookimpl\n"
+        "class Flaky:\n"
+        "    name = 'flaky'\n"
+        "    def generate(self, requests, ctx):\n"
+        "        yield Candidate(requests[0].slot, 'I keep this one sentence about my reservoir '\n"
+        "                        'and the membrane around it, written before the crash.', 'p')\n"
+        "        raise ConnectionError('server went away')\n"
+        "@hookimpl\n"
+        "def register_generators(register):\n"
+        "    register(Flaky())\n"
+    )
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "dte.toml").write_text(FAST_CONFIG.replace("cycles = 3", "cycles = 1"))
+    result = run_dte(
+        "--plugins-dir", str(plugins), "bootstrap", "-w", str(ws),
+        env={"DTE_GENERATORS": '["flaky"]'},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "plugin 'flaky' (flaky) failed in generate: ConnectionError: server went away" in (
+        result.stderr
+    )
+    with Store.open(ws, readonly=True) as store:
+        assert [s.text[:6] for s in store.samples("generator = 'flaky'", [])] == ["I keep"]
+        assert store.cycle(0)["status"] == "done"
+        failed = store.db.execute("select data from events where kind = 'plugin_failed'")
+        assert "server went away" in failed.fetchone()[0]
