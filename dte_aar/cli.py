@@ -15,7 +15,14 @@ from rich.table import Table
 
 from dte_aar import plugins as plugin_loading
 from dte_aar.arena import ArenaError, check_arena, load_arena, read_examples
-from dte_aar.config import CONFIG_FILE, ConfigError, Settings, load_settings, settings_reference
+from dte_aar.config import (
+    CONFIG_FILE,
+    ConfigError,
+    Settings,
+    config_reference_markdown,
+    load_settings,
+    settings_reference,
+)
 from dte_aar.plugins import PluginError, PluginManager
 from dte_aar.store import Store, StoreError, text_hash
 
@@ -388,9 +395,13 @@ def arena_show(name_or_path: str | None, workspace: Path) -> None:
 # ---------------------------------------------------------------------- config
 @cli.command("config")
 @workspace_option
+@click.option("--reference", is_flag=True, help="Print the settings reference (Markdown).")
 @_user_errors
-def config_cmd(workspace: Path) -> None:
+def config_cmd(workspace: Path, reference: bool) -> None:
     """Print the effective settings (dte.toml + DTE_* overrides) as JSON."""
+    if reference:
+        click.echo(config_reference_markdown())
+        return
     click.echo(json.dumps(load_settings(workspace).model_dump(mode="json"), indent=2))
 
 

@@ -176,3 +176,15 @@ def settings_reference() -> list[tuple[str, str, str]]:
 
     walk(Settings, "")
     return rows
+
+
+def config_reference_markdown() -> str:
+    """The README's configuration table (kept current by a test; `dte config --reference`)."""
+    rows = ["| setting | default | env | meaning |", "|---|---|---|---|"]
+    for name, default, description in settings_reference():
+        env = ENV_PREFIX + name.replace(".", "__").upper()
+        rows.append(f"| `{name}` | `{default}` | `{env}` | {description} |")
+    rows.append(
+        "| `plugins.NAME.*` | | | a table per plugin, validated by that plugin's own config model |"
+    )
+    return "\n".join(rows)

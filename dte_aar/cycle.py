@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from dte_aar.arena import Arena, heldout
-from dte_aar.config import Settings
+from dte_aar.config import ConfigError, Settings
 from dte_aar.hookspecs import (
     CycleContext,
     Event,
@@ -93,6 +95,19 @@ def seed_rows(arena: Arena, settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
+def validate_plugin_config(component: Any, settings: Settings) -> None:
+    """Check ``[plugins.<name>]`` against the component's ``Config`` model before any work."""
+    model = getattr(component, "Config", None)
+    if model is None:
+        return
+    try:
+        model(**settings.plugins.get(component.name, {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"plugins.{component.name}.{field}: {err['msg']}") from None
+
+
 class Cycle:
     """Runs bootstrap cycles for one workspace; one instance per `dte bootstrap`."""
 
@@ -121,6 +136,8 @@ class Cycle:
         self.curators = [self.registry.get("curator", n) for n in settings.curators]
         self.trainer = self.registry.get("trainer", settings.trainer)
         self.evaluators = [self.registry.get("evaluator", n) for n in settings.evaluators]
+        for component in [*self.generators, *self.curators, self.trainer, *self.evaluators]:
+            validate_plugin_config(component, settings)
 
     # ------------------------------------------------------------------ run
     def run(self, cycles: int) -> list[CycleOutcome]:

@@ -18,6 +18,7 @@ from itertools import islice
 
 import torch
 from pydantic import Field
+from tokenizers import Tokenizer
 
 from dte_aar.agent import checkpoint_file, tokenizer_file, tokens_file
 from dte_aar.checkpoint import (
@@ -27,7 +28,7 @@ from dte_aar.checkpoint import (
     save_checkpoint,
 )
 from dte_aar.hookspecs import CycleContext, PluginConfig, TrainResult, hookimpl
-from dte_aar.model import PRESETS, GrowingTransformer, ModelConfig
+from dte_aar.model import PRESETS, GrowingTransformer
 from dte_aar.tokenizer import load_tokenizer, save_tokenizer, tokenizer_hash, train_tokenizer
 from dte_aar.tokens import PackedTokens
 from dte_aar.train import configure_optimizer, resolve_device, train
@@ -45,9 +46,7 @@ class ProgressiveConfig(PluginConfig):
     target_layers: int | None = Field(None, gt=0)
 
 
-def trainable_top_blocks(
-    freeze: str, layers: int, first_cycle: bool, grew: bool
-) -> int | None:
+def trainable_top_blocks(freeze: str, layers: int, first_cycle: bool, grew: bool) -> int | None:
     """How many top blocks train this cycle (None: the whole model, embeddings included)."""
     if freeze == "none" or first_cycle or not grew:
         return None
@@ -146,7 +145,7 @@ class ProgressiveTrainer:
         }
         return TrainResult(path=path, layers=layers, params=model.num_params(), metrics=metrics)
 
-    def _tokenizer(self, ctx: CycleContext, vocab_size: int):
+    def _tokenizer(self, ctx: CycleContext, vocab_size: int) -> Tokenizer:
         """The workspace's tokenizer; trained on the train split the first time."""
         path = tokenizer_file(ctx.workspace)
         if path.exists():
@@ -157,7 +156,9 @@ class ProgressiveTrainer:
         return tok
 
 
-def _encoded(tok, samples: Iterable[tuple[int, str]], batch: int = 512) -> Iterator:
+def _encoded(
+    tok: Tokenizer, samples: Iterable[tuple[int, str]], batch: int = 512
+) -> Iterator[tuple[int, list[int]]]:
     """(sample_id, token ids) pairs, encoded a batch at a time (tokenizers runs in parallel)."""
     samples = iter(samples)
     while chunk := list(islice(samples, batch)):
