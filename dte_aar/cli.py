@@ -134,11 +134,12 @@ def _toml_value(default_repr: str) -> str:
 @_user_errors
 def bootstrap(workspace: Path, cycles: int | None, preset: str | None) -> None:
     """Run bootstrap cycles: generate, curate, grow and train, evaluate, checkpoint."""
-    from dte_aar.cycle import Cycle
+    from dte_aar.cycle import Cycle, resolve_components
     from dte_aar.progress import RichProgress
 
     settings = load_settings(workspace, cycles=cycles, preset=preset)
     arena = load_arena(settings.arena)
+    resolve_components(settings, manager())  # fail on a missing plugin before writing anything
     for issue in arena.issues:
         err_console.print(f"[yellow]warning:[/yellow] {issue}", highlight=False)
     workspace.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,19 @@ def seed_rows(arena: Arena, settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
+def resolve_components(settings: Settings, manager: PluginManager) -> tuple[list, list, Any, list]:
+    """The configured generators, curators, trainer and evaluators, with their plugin configs
+    validated: a typo or a bad value fails here, before anything is written."""
+    registry = manager.registry()
+    generators = [registry.get("generator", n) for n in settings.generators]
+    curators = [registry.get("curator", n) for n in settings.curators]
+    trainer = registry.get("trainer", settings.trainer)
+    evaluators = [registry.get("evaluator", n) for n in settings.evaluators]
+    for component in [*generators, *curators, trainer, *evaluators]:
+        validate_plugin_config(component, settings)
+    return generators, curators, trainer, evaluators
+
+
 def validate_plugin_config(component: Any, settings: Settings) -> None:
     """Check ``[plugins.<name>]`` against the component's ``Config`` model before any work."""
     model = getattr(component, "Config", None)
@@ -131,13 +144,9 @@ class Cycle:
         self.registry = manager.registry()
         self.run_id: int | None = None
         self._phase_now: str | None = None  # tags metrics with the phase that logged them
-        # Resolve every configured component up front: a typo fails before any work.
-        self.generators = [self.registry.get("generator", n) for n in settings.generators]
-        self.curators = [self.registry.get("curator", n) for n in settings.curators]
-        self.trainer = self.registry.get("trainer", settings.trainer)
-        self.evaluators = [self.registry.get("evaluator", n) for n in settings.evaluators]
-        for component in [*self.generators, *self.curators, self.trainer, *self.evaluators]:
-            validate_plugin_config(component, settings)
+        self.generators, self.curators, self.trainer, self.evaluators = resolve_components(
+            settings, manager
+        )
 
     # ------------------------------------------------------------------ run
     def run(self, cycles: int) -> list[CycleOutcome]:
