@@ -60,6 +60,8 @@ class Agent:
     ) -> Agent:
         """Load a verified checkpoint and the workspace's tokenizer; they must belong together."""
         model, meta = load_checkpoint(checkpoint_path, expected_sha256, device=device)
+        if not tokenizer_file(workspace).exists():
+            raise CheckpointError(f"{tokenizer_file(workspace)}: missing; the model needs it")
         tok = load_tokenizer(tokenizer_file(workspace))
         want = meta.get("tokenizer_hash")
         if want is not None and want != tokenizer_hash(tok):

@@ -2,7 +2,7 @@
 
 ``cycle-0003.safetensors`` holds the weights, ``cycle-0003.optim.safetensors`` the optimizer's
 per-parameter tensors keyed by parameter *name* (so they survive growth), and
-``cycle-0003.json`` everything else: model config, depth, frozen mask, hyper-parameters, step
+``cycle-0003.json`` everything else: the model config, depth, frozen mask, hyper-parameters, step
 counts, checksums and the caller's metadata. No pickle anywhere, so loading a checkpoint
 never runs code. Every file is written to a temporary name, fsynced and renamed into place,
 the sidecar last: a sidecar on disk means the files it names were complete.
@@ -58,7 +58,7 @@ def save_checkpoint(
     """Write weights, optimizer state and sidecar atomically; return the weights' sha256.
 
     ``meta`` (cycle, step, tokenizer hash, stage...) goes into the sidecar as is; the keys
-    this function writes itself (format, model, layers, frozen, weights, optimizer...) win.
+    this function writes itself (format, config, layers, frozen, weights, optimizer...) win.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,7 @@ def save_checkpoint(
         **meta,
         "format": FORMAT,
         "version": VERSION,
-        "model": asdict(model.config),
+        "config": asdict(model.config),
         "layers": len(model.blocks),
         "n_trainable": model.n_trainable,
         "frozen": model.frozen_mask(),
@@ -91,7 +91,10 @@ def _write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
     """save_file to a temporary sibling, fsync, rename; return the file's sha256."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        open(tmp, "wb").close()  # learn the umask's mode: safetensors writes files 0600
+        mode = os.stat(tmp).st_mode & 0o777
         save_file(tensors, tmp)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         sha = sha256_file(tmp)
@@ -180,7 +183,7 @@ def load_checkpoint(
     sidecar = read_sidecar(path)
     try:
         recorded = sidecar["weights"]["sha256"]
-        config = ModelConfig(**sidecar["model"])
+        config = ModelConfig(**sidecar["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{sidecar_path(path)}: bad sidecar ({exc})") from None
     if expected_sha256 is not None and recorded != expected_sha256:

@@ -300,8 +300,19 @@ class GrowingTransformer(nn.Module):
         return n
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token (forward + backward, everything trainable): 6N for the
-        matmuls plus the attention scores at full context (PaLM appendix B, as nanoGPT)."""
-        cfg = self.config
-        n = self.num_params(non_embedding=True)
-        return 6 * n + 12 * len(self.blocks) * cfg.d_model * cfg.seq_len
+        return config_flops_per_token(self.config)
+
+
+def config_num_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
+    """The parameter count of a model of this shape, without building it."""
+    d, f = cfg.d_model, cfg.d_ff
+    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)
+    n = cfg.n_layers * block + 2 * d + d * cfg.vocab_size  # blocks, final norm, head
+    return n if non_embedding else n + (cfg.vocab_size + cfg.seq_len) * d
+
+
+def config_flops_per_token(cfg: ModelConfig) -> int:
+    """Training FLOPs per token (forward + backward, everything trainable): 6N for the
+    matmuls plus the attention scores at full context (PaLM appendix B, as nanoGPT)."""
+    n = config_num_params(cfg, non_embedding=True)
+    return 6 * n + 12 * cfg.n_layers * cfg.d_model * cfg.seq_len

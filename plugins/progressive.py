@@ -150,7 +150,9 @@ class ProgressiveTrainer:
         path = tokenizer_file(ctx.workspace)
         if path.exists():
             return load_tokenizer(path)
-        texts = (text for _, text in ctx.store.corpus("train"))
+        # A list, not a generator: tokenizers pulls from its iterator on another thread, and
+        # an SQLite cursor may only be used on the thread that made it.
+        texts = [text for _, text in ctx.store.corpus("train")]
         tok = train_tokenizer(texts, vocab_size)
         save_tokenizer(tok, path)
         return tok
