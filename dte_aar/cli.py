@@ -272,12 +272,17 @@ def _fmt(value: float | None) -> str:
 
 # ---------------------------------------------------------------------- plugins
 @cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def plugins(ctx: click.Context) -> None:
+def plugins(ctx: click.Context, as_json: bool) -> None:
     """List loaded plugins (name, version, hooks), or scaffold a new one."""
     if ctx.invoked_subcommand is not None:
         return
     pm = manager()
+    if as_json:
+        failures = [vars(f) for f in pm.failures]
+        click.echo(json.dumps({"plugins": list(pm.describe()), "failures": failures}, indent=2))
+        return
     table = Table()
     for column in ("plugin", "version", "hooks", "provides"):
         table.add_column(column)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -192,10 +193,12 @@ def test_readme_plugin_installed_with_pip_is_listed_and_used(tmp_path) -> None:
         check=True, capture_output=True,
     )  # fmt: skip
     env = {"PYTHONPATH": str(target)}
-    listed = run_dte("plugins", env=env)
+    listed = run_dte("plugins", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
-    row = next(line for line in listed.stdout.splitlines() if "remix" in line)
-    assert "0.1.0" in row and "register_generators" in row and "register_curators" in row
+    row = next(p for p in json.loads(listed.stdout)["plugins"] if p["name"] == "remix")
+    assert row["version"] == "0.1.0"
+    assert row["hooks"] == ["register_curators", "register_generators"]
+    assert row["components"] == ["curator:first_person", "generator:remix"]
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "dte.toml").write_text(FAST_CONFIG.replace("cycles = 3", "cycles = 1") + "\n".join([""]))
