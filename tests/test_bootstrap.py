@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST_CONFIG, run_dte
 
 from dte_aar.store import Store
+from helpers import FAST_CONFIG, run_dte
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -13,9 +13,7 @@ def test_init_writes_a_valid_commented_config_and_database(tmp_path: Path) -> No
     text = (ws / "dte.toml").read_text()
     assert "# [train]" in text and "# steps_per_cycle = 120" in text
     assert tomllib.loads(text) == {}  # everything commented: defaults apply
-    uncommented = "\n".join(
-        line[2:].split("  #")[0] for line in text.splitlines() if " = " in line
-    )
+    uncommented = "\n".join(line[2:].split("  #")[0] for line in text.splitlines() if " = " in line)
     assert "lr = 0.003" in uncommented
     assert (ws / "dte.db").exists()
     config = CliRunner().invoke(cli, ["config", "-w", str(ws)])

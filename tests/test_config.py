@@ -1,9 +1,9 @@
 from pathlib import Path
 
 import pytest
-from helpers import run_dte
 
 from dte_aar.config import ConfigError, load_settings
+from helpers import run_dte
 
 
 def test_defaults_need_no_file(tmp_path: Path) -> None:

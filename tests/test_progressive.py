@@ -13,12 +13,6 @@ from typing import Any
 import pluggy
 import pytest
 import torch
-from dte_aar_plugins import checkpoint as checkpoint_plugin
-from dte_aar_plugins import heldout as heldout_plugin
-from dte_aar_plugins import progressive
-from dte_aar_plugins.checkpoint import CheckpointGenerator, format_prompt, reply_only
-from dte_aar_plugins.heldout import HeldoutEvaluator
-from dte_aar_plugins.progressive import ProgressiveTrainer, trainable_top_blocks
 
 from dte_aar import hookspecs
 from dte_aar.agent import Agent, checkpoint_file, tokenizer_file, tokens_file
@@ -28,6 +22,12 @@ from dte_aar.hookspecs import CheckpointInfo, CycleContext, GenerationRequest
 from dte_aar.progress import NullProgress
 from dte_aar.tokenizer import load_tokenizer, save_tokenizer, tokenizer_hash, train_tokenizer
 from dte_aar.tokens import PackedTokens
+from dte_aar_plugins import checkpoint as checkpoint_plugin
+from dte_aar_plugins import heldout as heldout_plugin
+from dte_aar_plugins import progressive
+from dte_aar_plugins.checkpoint import CheckpointGenerator, format_prompt, reply_only
+from dte_aar_plugins.heldout import HeldoutEvaluator
+from dte_aar_plugins.progressive import ProgressiveTrainer, trainable_top_blocks
 
 TOPICS = ["roots", "branches", "echoes", "memory", "light", "rain", "the forest", "silence"]
 TEXTS = [
