@@ -133,6 +133,35 @@ def test_resume_after_sigkill_during_training_matches_uninterrupted_run(grown, t
         assert a.latest_checkpoint().sha256 == b.latest_checkpoint().sha256
 
 
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "dte.toml").write_text(FAST_CONFIG.replace("cycles = 3", "cycles = 2"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dte_aar", "bootstrap", "-w", str(ws)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    wait_for(ws, "select 1 from cycles where n = 1 and phase_train = 'running'", proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "run `dte bootstrap` again to resume" in stderr
+    assert "Traceback" not in stderr
+    with Store.open(ws, readonly=True) as store:
+        assert store.db["runs"].get(1)["status"] == "interrupted"
+        assert store.cycle(1)["status"] == "running"
+    result = run_dte("bootstrap", "-w", str(ws), "--cycles", "1")
+    assert result.returncode == 0, result.stderr
+    with Store.open(ws, readonly=True) as store:
+        assert [c["status"] for c in store.cycles()] == ["done", "done"]
+        assert store.latest_checkpoint().layers == 2
+
+
 def test_altered_checkpoint_is_never_registered(tmp_path) -> None:
     """A file changed between train and checkpoint is rejected and training runs again."""
     from dte_aar.arena import load_arena
