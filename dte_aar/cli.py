@@ -112,6 +112,8 @@ def config_template() -> str:
     lines = ["# dte-aar workspace settings; every key is optional (defaults shown).", ""]
     section = ""
     for name, default, description in settings_reference():
+        if "[]" in name:  # arrays of tables: documented in the README, not templated
+            continue
         head, _, key = name.rpartition(".")
         if head != section:
             lines += ["", f"# [{head}]"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import PydanticUndefined
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -49,6 +50,63 @@ class TrainSettings(_Section):
     freeze: Literal["greedy", "none"] = Field("greedy", description="freezing schedule")
     vocab_size: int | None = Field(None, ge=300, description="BPE vocabulary (preset's if unset)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="sequences per forward pass; batch_size/micro = accumulation"
+    )
+    compile: bool = Field(False, description="torch.compile the model (CUDA only)")
+    activation_cache: bool = Field(
+        False, description="compute the frozen prefix once per training phase and reuse it"
+    )
+    layers_per_cycle: Literal[1, 2] = Field(1, description="blocks grown per cycle")
+    embedding_init: Literal["word2vec", "random"] = Field(
+        "word2vec", description="token embedding init"
+    )
+    cooc_rank: int = Field(16, ge=0, description="rank of the co-occurrence prior (0: off)")
+    cooc_window: int = Field(5, gt=0, description="co-occurrence window, tokens each side")
+    self_reference_boost: float = Field(
+        1.2, ge=1, description="CE weight and key-bias init for self-reference tokens"
+    )
+    identity_loss_weight: float = Field(0.1, ge=0, description="identity-consistency loss")
+    persona_loss_weight: float = Field(0.05, ge=0, description="persona loss (stage 3+)")
+    coherence_loss_weight: float = Field(
+        0.05, ge=0, description="self-reference coherence loss (stage 4+)"
+    )
+    nan_rollback_after: int = Field(
+        3, gt=0, description="consecutive non-finite losses before rolling back"
+    )
+    keep_checkpoints: int = Field(3, gt=0, description="last K checkpoints kept (plus the best)")
+
+
+class StageSettings(_Section):
+    """One stage of growth: a layer range, its loss terms, and the gate that ends it."""
+
+    name: str = Field(description="shown in logs, status and the TUI")
+    last_layer: int | None = Field(description="stage ends at this depth (None: open-ended)")
+    max_cycles: int = Field(gt=0, description="cycle budget once the stage's depth is reached")
+    milestone: str = Field(description="metric the gate reads, e.g. heldout_ppl")
+    threshold: float = Field(description="gate passes when the metric is <= this (ppl) ...")
+    higher_is_better: bool = Field(False, description="... or >= this when true")
+    losses: list[Literal["identity", "persona", "coherence"]] = Field(
+        default_factory=list, description="auxiliary loss terms active in this stage"
+    )
+    unfreeze_all: bool = Field(False, description="train every block (refinement)")
+
+
+def default_stages() -> list[StageSettings]:
+    """The seed's five stages: primordial, semantic, persona, meta-cognitive, refinement."""
+    s = StageSettings
+    return [
+        s(name="primordial", last_layer=1, max_cycles=2, milestone="heldout_ppl",
+          threshold=400.0, losses=["identity"]),
+        s(name="semantic", last_layer=8, max_cycles=3, milestone="heldout_ppl",
+          threshold=150.0, losses=["identity"]),
+        s(name="persona", last_layer=16, max_cycles=3, milestone="identity_score",
+          threshold=0.5, higher_is_better=True, losses=["identity", "persona"]),
+        s(name="meta-cognitive", last_layer=24, max_cycles=3, milestone="identity_score",
+          threshold=0.6, higher_is_better=True, losses=["identity", "persona", "coherence"]),
+        s(name="refinement", last_layer=None, max_cycles=5, milestone="heldout_ppl",
+          threshold=0.0, losses=["identity", "persona", "coherence"], unfreeze_all=True),
+    ]  # fmt: skip
 
 
 class GenerateSettings(_Section):
@@ -85,6 +143,9 @@ class Settings(BaseSettings):
     evaluators: list[str] = Field(["heldout"], description="evaluators run after training")
     train: TrainSettings = Field(default_factory=TrainSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    stages: list[StageSettings] = Field(
+        default_factory=default_stages, description="stages of growth, in order"
+    )
     plugins: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-plugin tables: [plugins.<name>]"
     )
@@ -172,7 +233,13 @@ def settings_reference() -> list[tuple[str, str, str]]:
                 walk(ann, f"{prefix}{name}.")
                 continue
             default = info.get_default(call_default_factory=True)
-            rows.append((prefix + name, repr(default), info.description or ""))
+            if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+                names = ", ".join(getattr(item, "name", "?") for item in default)
+                rows.append((prefix + name, f"[{names}]", info.description or ""))
+                walk(type(default[0]), f"{prefix}{name}[].")
+                continue
+            shown = "(required)" if default is PydanticUndefined else repr(default)
+            rows.append((prefix + name, shown, info.description or ""))
 
     walk(Settings, "")
     return rows
@@ -182,8 +249,8 @@ def config_reference_markdown() -> str:
     """The README's configuration table (kept current by a test; `dte config --reference`)."""
     rows = ["| setting | default | env | meaning |", "|---|---|---|---|"]
     for name, default, description in settings_reference():
-        env = ENV_PREFIX + name.replace(".", "__").upper()
-        rows.append(f"| `{name}` | `{default}` | `{env}` | {description} |")
+        env = "" if "[]" in name else f"`{ENV_PREFIX + name.replace('.', '__').upper()}`"
+        rows.append(f"| `{name}` | `{default}` | {env} | {description} |")
     rows.append(
         "| `plugins.NAME.*` | | | a table per plugin, validated by that plugin's own config model |"
     )

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import click
 
     from dte_aar.arena import Arena
-    from dte_aar.config import Settings
+    from dte_aar.config import Settings, StageSettings
     from dte_aar.progress import Progress
     from dte_aar.store import Store
 
@@ -105,6 +105,12 @@ class CycleContext:
     progress: Progress
     log_metric: Callable[[str, float, int | None], None]
     plugin_config: Callable[[str], dict[str, Any]]
+    stage: int = 1  # 1-based index into settings.stages, decided by the cycle
+    grow: int = 1  # blocks the trainer adds this cycle (0: a stage gate holds the depth)
+
+    @property
+    def stage_settings(self) -> StageSettings:
+        return self.settings.stages[self.stage - 1]
 
     @property
     def seed(self) -> int:
