@@ -81,7 +81,9 @@ class StageSettings(_Section):
     """One stage of growth: a layer range, its loss terms, and the gate that ends it."""
 
     name: str = Field(description="shown in logs, status and the TUI")
-    last_layer: int | None = Field(description="stage ends at this depth (None: open-ended)")
+    last_layer: int | None = Field(
+        None, gt=0, description="stage ends at this depth (unset: open-ended refinement)"
+    )
     max_cycles: int = Field(gt=0, description="cycle budget once the stage's depth is reached")
     milestone: str = Field(description="metric the gate reads, e.g. heldout_ppl")
     threshold: float = Field(description="gate passes when the metric is <= this (ppl) ...")
@@ -140,7 +142,9 @@ class Settings(BaseSettings):
     generators: list[str] = Field(["checkpoint"], description="generators used each cycle")
     curators: list[str] = Field(["quality", "dedup"], description="curators; all must keep")
     trainer: str = Field("progressive", description="the trainer plugin")
-    evaluators: list[str] = Field(["heldout"], description="evaluators run after training")
+    evaluators: list[str] = Field(
+        ["heldout", "milestone"], description="evaluators run after training"
+    )
     train: TrainSettings = Field(default_factory=TrainSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
     stages: list[StageSettings] = Field(

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from dte_aar.arena import Arena, heldout
 from dte_aar.config import ConfigError, Settings
 from dte_aar.hookspecs import (
+    CheckpointInfo,
     CycleContext,
     Event,
     GenerationRequest,
@@ -36,17 +37,8 @@ from dte_aar.hookspecs import (
 )
 from dte_aar.plugins import PluginManager
 from dte_aar.progress import NullProgress, Progress
+from dte_aar.stages import History, StageDecision, decide
 from dte_aar.store import PHASES, Store, now
-
-# The seed's stages by layer count (stage 5, refinement, follows the last layer).
-STAGE_LAYERS = ((1, 1), (2, 8), (3, 16), (4, 24))
-
-
-def stage_for(layers: int) -> int:
-    for stage, last_layer in STAGE_LAYERS:
-        if layers <= last_layer:
-            return stage
-    return 5
 
 
 class CycleError(Exception):
@@ -161,7 +153,10 @@ class Cycle:
         status = "failed"
         try:
             for _ in range(cycles):
-                outcomes.append(self.run_cycle(self.next_cycle()))
+                outcome = self.run_cycle(self.next_cycle())
+                if outcome is None:
+                    break
+                outcomes.append(outcome)
             status = "done"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -178,16 +173,29 @@ class Cycle:
             return 0
         return last["n"] if last["status"] != "done" else last["n"] + 1
 
-    def run_cycle(self, n: int) -> CycleOutcome:
+    def run_cycle(self, n: int) -> CycleOutcome | None:
+        """Run (or resume) cycle ``n``; None when every stage is complete."""
         started = time.perf_counter()
-        checkpoint = self.store.latest_checkpoint()
-        layers = (checkpoint.layers if checkpoint else 0) + 1
-        row = self.store.open_cycle(n, self.run_id or 0, stage_for(layers), layers)
+        checkpoint = self.verified_checkpoint()
+        decision = self.decide(checkpoint)
+        if decision.finished:
+            self.say(f"growth complete: {decision.note}")
+            self.event("growth_complete", n, data={"note": decision.note})
+            return None
+        layers = (checkpoint.layers if checkpoint else 0) + decision.grow
+        row = self.store.open_cycle(n, self.run_id or 0, decision.stage, layers)
         resumed = any(row[f"phase_{p}"] for p in PHASES)
+        if not resumed:
+            kind = "stage_advanced" if decision.advanced else "stage_decided"
+            self.event(kind, n, data={"stage": decision.stage, "grow": decision.grow,
+                                      "note": decision.note})  # fmt: skip
+            if decision.advanced or decision.grow == 0:
+                self.say(f"cycle {n}: {decision.note}")
         self.event("cycle_started", n, data={"layers": layers, "resumed": resumed})
         if resumed:
             self.say(f"resuming cycle {n} (layers {layers})")
         ctx = self.context(n, layers, checkpoint)
+        ctx.stage, ctx.grow = decision.stage, decision.grow
         outcome = CycleOutcome(n=n, layers=layers)
         try:
             self._run_phases(ctx, outcome)
@@ -201,6 +209,33 @@ class Cycle:
         }
         outcome.seconds = time.perf_counter() - started
         return outcome
+
+    def verified_checkpoint(self) -> CheckpointInfo | None:
+        """The newest good checkpoint whose file still matches its sha256; a corrupt or
+        missing one is marked bad and reported, and the previous good one is used."""
+        while (info := self.store.latest_checkpoint()) is not None:
+            if info.path.exists() and sha256_file(info.path) == info.sha256:
+                return info
+            self.store.mark_checkpoint_bad(info.sha256)
+            self.say(f"warning: {info.path}: corrupt or missing; using the previous checkpoint")
+            self.event("checkpoint_corrupt", info.cycle, data={"path": str(info.path)})
+        return None
+
+    def decide(self, checkpoint: CheckpointInfo | None) -> StageDecision:
+        """Stage and growth for the next cycle, from committed history only."""
+        done = [r for r in self.store.cycles() if r["status"] == "done"]
+        history = [(r["stage"], r["layers"]) for r in done]
+        milestone = None
+        if done:
+            stage = self.settings.stages[done[-1]["stage"] - 1]
+            milestone = self.store.metric_by_cycle(stage.milestone).get(done[-1]["n"])
+        layers = checkpoint.layers if checkpoint else 0
+        return decide(
+            self.settings.stages,
+            layers,
+            History(history, milestone),
+            self.settings.train.layers_per_cycle,
+        )
 
     def _run_phases(self, ctx: CycleContext, outcome: CycleOutcome) -> None:
         n = ctx.cycle
@@ -225,7 +260,7 @@ class Cycle:
             self.event("phase_ended", n, phase, detail)
 
     def context(self, n: int, layers: int, checkpoint: Any) -> CycleContext:
-        stage = stage_for(layers)
+        stage = (self.store.cycle(n) or {}).get("stage", 1)
 
         def log_metric(name: str, value: float, step: int | None = None) -> None:
             self.store.log_metric(
@@ -346,12 +381,7 @@ class Cycle:
             "layers": result.layers,
             "params": result.params,
         }
-        self.store.update_cycle(
-            ctx.cycle,
-            train_result=json.dumps(record),
-            layers=result.layers,
-            stage=stage_for(result.layers),
-        )
+        self.store.update_cycle(ctx.cycle, train_result=json.dumps(record), layers=result.layers)
         for name, value in result.metrics.items():
             ctx.log_metric(name, value, None)
         return record
@@ -390,7 +420,26 @@ class Cycle:
         self.store.register_checkpoint(
             ctx.cycle, path, record["sha256"], record["layers"], record["params"]
         )
-        return {"path": str(path), "sha256": record["sha256"]}
+        pruned = self.prune_checkpoints()
+        return {"path": str(path), "sha256": record["sha256"], "pruned": pruned}
+
+    def prune_checkpoints(self) -> list[str]:
+        """Keep the last K good checkpoints and the best (lowest held-out perplexity)."""
+        keep = self.settings.train.keep_checkpoints
+        rows = self.store.good_checkpoints()  # oldest first
+        ppl = self.store.metric_by_cycle("heldout_ppl")
+        scored = [r for r in rows if r["cycle"] in ppl]
+        best = min(scored, key=lambda r: ppl[r["cycle"]])["cycle"] if scored else None
+        removed = []
+        for row in rows[:-keep]:
+            if row["cycle"] == best:
+                continue
+            path = Path(row["path"])
+            for file in path.parent.glob(f"{path.stem}.*"):
+                file.unlink(missing_ok=True)
+            self.store.mark_checkpoint_pruned(row["cycle"])
+            removed.append(str(path))
+        return removed
 
     def _commit(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
         self.store.update_cycle(ctx.cycle, status="done", ended_at=now(), error=None)

@@ -281,6 +281,13 @@ class Store:
                 }
             )
 
+    def good_checkpoints(self) -> list[dict[str, Any]]:
+        return list(self.db["checkpoints"].rows_where("status = 'good'", order_by="cycle"))
+
+    def mark_checkpoint_pruned(self, cycle: int) -> None:
+        with self.db.conn:
+            self.db.execute("update checkpoints set status = 'pruned' where cycle = ?", [cycle])
+
     def mark_checkpoint_bad(self, sha256: str) -> None:
         with self.db.conn:
             self.db.execute("update checkpoints set status = 'bad' where sha256 = ?", [sha256])

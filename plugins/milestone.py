@@ -1,0 +1,76 @@
+"""Built-in `milestone` evaluator: does the model tie the identity's questions to its answers?
+
+For each held-out probe the model scores the reference answer twice: after its own prompt and
+after another probe's prompt (the next one, a fixed derangement). ``identity_score`` is the
+share of probes whose answer is more likely after the right prompt: 0.5 is chance, 1.0 means
+every answer is recognised as belonging to its question. It measures the Relation, not
+fluency, and the probes are never trained on. ``probe_ppl`` is the perplexity of the answers
+after their own prompts. Stage gates read both (``stages[].milestone``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from dte_aar.agent import Agent
+from dte_aar.hookspecs import CycleContext, hookimpl
+from dte_aar.train import resolve_device
+
+
+def frame(kind: str, prompt: str, speaker: str) -> tuple[str, str]:
+    """The text before the answer; completions continue the phrase, the rest are dialogue."""
+    if kind == "completion":
+        return prompt, ""
+    return f"User: {prompt}\n{speaker}:", " "
+
+
+@torch.no_grad()
+def answer_nll(agent: Agent, context: str, answer: str) -> float:
+    """Mean negative log-likelihood per token of ``answer`` following ``context``."""
+    tok = agent.tokenizer
+    ctx_ids = tok.encode(context).ids
+    ans_ids = tok.encode(answer).ids
+    limit = agent.model.config.seq_len + 1
+    ans_ids = ans_ids[: limit - 1]
+    ids = (ctx_ids + ans_ids)[-limit:]
+    n_ans = len(ans_ids)
+    x = torch.tensor([ids[:-1]], device=agent.device)
+    y = torch.tensor([ids[1:]], device=agent.device)
+    logits, _ = agent.model(x)
+    losses = F.cross_entropy(logits[0].float(), y[0], reduction="none")
+    return losses[-n_ans:].mean().item()
+
+
+class MilestoneEvaluator:
+    name = "milestone"
+
+    def evaluate(self, checkpoint: Path, ctx: CycleContext) -> dict[str, float]:
+        probes = ctx.arena.probes
+        if len(probes) < 2:
+            raise ValueError(f"{ctx.arena.path}: needs at least 2 probes for identity_score")
+        agent = Agent.load(
+            checkpoint, ctx.workspace, device=resolve_device(ctx.settings.train.device)
+        )
+        speaker = ctx.arena.identity.name
+        wins, matched = 0, []
+        for i, probe in enumerate(probes):
+            other = probes[(i + 1) % len(probes)]
+            context, sep = frame(probe.kind, probe.prompt, speaker)
+            wrong, _ = frame(probe.kind, other.prompt, speaker)
+            right_nll = answer_nll(agent, context, sep + probe.reference)
+            wrong_nll = answer_nll(agent, wrong, sep + probe.reference)
+            matched.append(right_nll)
+            wins += right_nll < wrong_nll
+        return {
+            "identity_score": wins / len(probes),
+            "probe_ppl": math.exp(sum(matched) / len(matched)),
+        }
+
+
+@hookimpl
+def register_evaluators(register) -> None:
+    register(MilestoneEvaluator())
