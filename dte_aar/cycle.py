@@ -113,6 +113,25 @@ def validate_plugin_config(component: Any, settings: Settings) -> None:
         raise ConfigError(f"plugins.{component.name}.{field}: {err['msg']}") from None
 
 
+def prune_checkpoints(store: Store, keep: int) -> list[str]:
+    """Keep the last ``keep`` good checkpoints and the best (lowest held-out perplexity);
+    delete the other files and mark their rows pruned. Returns the removed paths."""
+    rows = store.good_checkpoints()  # oldest first
+    ppl = store.metric_by_cycle("heldout_ppl")
+    scored = [r for r in rows if r["cycle"] in ppl]
+    best = min(scored, key=lambda r: ppl[r["cycle"]])["cycle"] if scored else None
+    removed = []
+    for row in rows[:-keep]:
+        if row["cycle"] == best:
+            continue
+        path = Path(row["path"])
+        for file in path.parent.glob(f"{path.stem}.*"):
+            file.unlink(missing_ok=True)
+        store.mark_checkpoint_pruned(row["cycle"])
+        removed.append(str(path))
+    return removed
+
+
 class Cycle:
     """Runs bootstrap cycles for one workspace; one instance per `dte bootstrap`."""
 
@@ -420,26 +439,8 @@ class Cycle:
         self.store.register_checkpoint(
             ctx.cycle, path, record["sha256"], record["layers"], record["params"]
         )
-        pruned = self.prune_checkpoints()
+        pruned = prune_checkpoints(self.store, self.settings.train.keep_checkpoints)
         return {"path": str(path), "sha256": record["sha256"], "pruned": pruned}
-
-    def prune_checkpoints(self) -> list[str]:
-        """Keep the last K good checkpoints and the best (lowest held-out perplexity)."""
-        keep = self.settings.train.keep_checkpoints
-        rows = self.store.good_checkpoints()  # oldest first
-        ppl = self.store.metric_by_cycle("heldout_ppl")
-        scored = [r for r in rows if r["cycle"] in ppl]
-        best = min(scored, key=lambda r: ppl[r["cycle"]])["cycle"] if scored else None
-        removed = []
-        for row in rows[:-keep]:
-            if row["cycle"] == best:
-                continue
-            path = Path(row["path"])
-            for file in path.parent.glob(f"{path.stem}.*"):
-                file.unlink(missing_ok=True)
-            self.store.mark_checkpoint_pruned(row["cycle"])
-            removed.append(str(path))
-        return removed
 
     def _commit(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
         self.store.update_cycle(ctx.cycle, status="done", ended_at=now(), error=None)
