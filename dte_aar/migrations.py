@@ -160,3 +160,14 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         {"id": int, "ts": str, "command": str, "handled_at": str},
         pk="id",
     )
+
+
+@migration
+def m002_minhash_signatures(db: sqlite_utils.Database) -> None:
+    """Near-duplicate memory: one MinHash signature per accepted sample, so a restarted
+    dedup curator rebuilds its LSH index from SQLite instead of rehashing the corpus."""
+    db["minhashes"].create(
+        {"sample_id": int, "num_perm": int, "signature": bytes},
+        pk="sample_id",
+        foreign_keys=[("sample_id", "samples", "id")],
+    )
