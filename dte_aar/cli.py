@@ -197,8 +197,9 @@ def print_summary(store: Store, workspace: Path, settings: Settings, outcomes: l
 @_user_errors
 def status(workspace: Path, as_json: bool) -> None:
     """Show cycles, corpus, the latest checkpoint and the model's size (read-only)."""
+    settings = load_settings(workspace)
     with Store.open(workspace, readonly=True) as store:
-        report = status_report(store)
+        report = status_report(store, settings)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
@@ -217,6 +218,10 @@ def status(workspace: Path, as_json: bool) -> None:
         )
     console.print(table)
     console.print("corpus: " + ", ".join(f"{k}={v}" for k, v in report["corpus"].items()))
+    stage = report["stage"]
+    target = stage["corpus_target"]
+    progress = f"  corpus {stage['accepted']:,}/{target:,} toward its target" if target else ""
+    console.print(f"stage {stage['index']}: {stage['name']}{progress}", highlight=False)
     model = report.get("model")
     if model:
         console.print(
@@ -226,7 +231,7 @@ def status(workspace: Path, as_json: bool) -> None:
         )
 
 
-def status_report(store: Store) -> dict[str, Any]:
+def status_report(store: Store, settings: Settings) -> dict[str, Any]:
     from dte_aar.store import PHASES
 
     ppl = store.metric_by_cycle("heldout_ppl")
@@ -245,7 +250,19 @@ def status_report(store: Store) -> dict[str, Any]:
                 "heldout_ppl": ppl.get(row["n"]),
             }
         )
-    report: dict[str, Any] = {"cycles": cycles, "corpus": store.corpus_counts()}
+    counts = store.corpus_counts()
+    index = cycles[-1]["stage"] if cycles else 1
+    stage = settings.stages[min(index, len(settings.stages)) - 1]
+    report: dict[str, Any] = {
+        "cycles": cycles,
+        "corpus": counts,
+        "stage": {
+            "index": index,
+            "name": stage.name,
+            "corpus_target": stage.corpus_target,
+            "accepted": sum(v for k, v in counts.items() if k.endswith(":accepted")),
+        },
+    }
     latest = store.latest_checkpoint()
     if latest:
         report["model"] = {

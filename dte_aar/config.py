@@ -92,6 +92,9 @@ class StageSettings(_Section):
         default_factory=list, description="auxiliary loss terms active in this stage"
     )
     unfreeze_all: bool = Field(False, description="train every block (refinement)")
+    corpus_target: int | None = Field(
+        None, gt=0, description="accepted samples this stage aims for (shown by status)"
+    )
 
 
 def default_stages() -> list[StageSettings]:
@@ -118,6 +121,15 @@ class GenerateSettings(_Section):
     max_new_tokens: int = Field(80, gt=0, description="tokens per sampled text")
     temperature: float = Field(0.9, gt=0, description="sampling temperature")
     top_k: int = Field(40, ge=0, description="top-k filter (0: off)")
+    corpus_multiple: float | None = Field(
+        None, gt=0, description="ask for this multiple of the accepted corpus instead"
+    )
+    max_samples_per_cycle: int = Field(
+        10_000, gt=0, description="upper bound on requests per generator per cycle"
+    )
+    max_synthetic_share: float = Field(
+        0.95, gt=0, le=1, description="cap on generated samples' share of the corpus"
+    )
 
 
 class Settings(BaseSettings):

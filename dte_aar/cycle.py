@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from dte_aar.arena import Arena, heldout
 from dte_aar.config import ConfigError, Settings
+from dte_aar.corpus import POLICY, requests_per_generator, within_cap
 from dte_aar.hookspecs import (
     CheckpointInfo,
     CycleContext,
@@ -344,7 +345,8 @@ class Cycle:
         filled = self.store.filled_slots(ctx.cycle, generator)
         seed_texts = [e.text for e in self.arena.seed]
         requests = []
-        for slot in range(self.settings.generate.samples_per_cycle):
+        accepted = sum(v for k, v in self.store.corpus_counts().items() if k.endswith(":accepted"))
+        for slot in range(requests_per_generator(self.settings.generate, accepted)):
             prompt = rng.choice(self.arena.prompts)
             style = rng.choice(seed_texts)
             slot_seed = rng.randrange(2**31)
@@ -376,15 +378,23 @@ class Cycle:
                 self.plugin_failed(ctx.cycle, "curate", curator.name, exc)
             finally:
                 task.close()
-        for sample in pending:
-            verdicts = self.store.verdicts_for(sample.id)
-            keep = bool(verdicts) and all(v["keep"] for v in verdicts)
-            self.store.set_sample_status(sample.id, "accepted" if keep else "rejected")
-            outcome.accepted += keep
-            outcome.rejected += not keep
         counts = self.store.corpus_counts()
         real = counts.get("seed:accepted", 0) + counts.get("import:accepted", 0)
         synthetic = counts.get("generated:accepted", 0)
+        cap = self.settings.generate.max_synthetic_share
+        # Statuses are set one by one; a rerun after a crash sees the ones already set in
+        # `counts` and decides the rest exactly as it would have.
+        for sample in pending:
+            verdicts = self.store.verdicts_for(sample.id)
+            keep = bool(verdicts) and all(v["keep"] for v in verdicts)
+            if keep and not within_cap(real, synthetic, cap):
+                keep = False
+                reason = f"synthetic share would exceed the cap of {cap:g}"
+                self.store.add_verdict(sample.id, ctx.cycle, POLICY, False, 0.0, reason)
+            synthetic += keep
+            self.store.set_sample_status(sample.id, "accepted" if keep else "rejected")
+            outcome.accepted += keep
+            outcome.rejected += not keep
         ctx.log_metric("corpus_real", real, None)
         ctx.log_metric("corpus_synthetic", synthetic, None)
         ctx.log_metric("synthetic_share", synthetic / max(1, real + synthetic), None)

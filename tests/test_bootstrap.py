@@ -81,6 +81,22 @@ def test_status_reads_the_workspace(grown) -> None:
     assert result.returncode == 0, result.stderr
     assert "parameters" in result.stdout and "FLOPs/token" in result.stdout
     assert re.search(r"model: 3 layers", result.stdout)
+    assert "stage 2: semantic" in result.stdout
+    (ws / "dte.toml").write_text(
+        FAST_CONFIG
+        + '\n[[stages]]\nname = "one"\nlast_layer = 1\nmax_cycles = 1\n'
+        + 'milestone = "heldout_ppl"\nthreshold = 1.0\n'
+        + '[[stages]]\nname = "big"\nmax_cycles = 1\nmilestone = "heldout_ppl"\n'
+        + "threshold = 1.0\ncorpus_target = 5000\n"
+    )
+    try:
+        report = json.loads(run_dte("status", "-w", str(ws), "--json").stdout)
+    finally:
+        (ws / "dte.toml").write_text(FAST_CONFIG)
+    assert report["stage"]["name"] == "big" and report["stage"]["corpus_target"] == 5000
+    assert report["stage"]["accepted"] == sum(
+        v for k, v in report["corpus"].items() if k.endswith(":accepted")
+    )
 
 
 def wait_for(ws: Path, sql: str, proc: subprocess.Popen, timeout: float = 120) -> None:
