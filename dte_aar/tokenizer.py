@@ -5,11 +5,13 @@ is trained once per workspace and fixed afterwards; checkpoints record its hash 
 never paired with a tokenizer it was not trained with.
 
 Identity phrases ("Deep Tree Echo", "reservoir") become single tokens, with and without a
-leading space, without touching the merges. A ``Split`` pre-tokenizer (GPT-2's regex with the
-phrases as first alternatives, guarded by word-boundary look-arounds) cuts a phrase out as one
-piece only where it stands as a whole word; the phrase is then a plain vocabulary entry and
-``ignore_merges`` maps a piece that is already in the vocabulary straight to its id. So
-"Deep Tree Echoes" and "myth" are tokenized as before, and decoding stays exact.
+leading space. The merges are learned as usual (so " Tree" and " Echo" still exist for "Deep
+Tree Echoes"); afterwards a ``Split`` pre-tokenizer (GPT-2's regex with the phrases as first
+alternatives, guarded by word-boundary look-arounds) cuts a phrase out as one piece only where
+it stands as a whole word, the phrase is a plain vocabulary entry, and ``ignore_merges`` maps a
+piece that is already in the vocabulary straight to its id. Added tokens were the other option
+and fail here: ``single_word`` refuses " Deep Tree Echo" after a word ("I am Deep Tree Echo"
+matched neither form) and ``lstrip`` drops the space on decode. Decoding stays exact.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ _WORD = r"[\p{L}\p{M}\p{N}_]"
 _BYTES = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, phrases: Sequence[str] = ()) -> Tokenizer:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, phrases: Sequence[str] = ()
+) -> Tokenizer:
     """Train a byte-level BPE with ``<|endoftext|>`` as id 0. Deterministic for the same input.
 
     Every ``phrases`` entry longer than one character gets a token of its own, with and without
@@ -65,13 +69,16 @@ def _byte_level(text: str) -> str:
 def phrase_split_pattern(phrases: Sequence[str]) -> str:
     """GPT-2's split regex with each phrase (optionally after one space) tried first.
 
-    A phrase edge that is a word character must sit on a word boundary, so "my" is never cut
-    out of "myth" and "Deep Tree Echo" not out of "Deep Tree Echoes". Longest phrases come
-    first because the regex takes the first alternative that matches, not the longest.
+    A phrase edge that is a word character must sit on a word boundary, so this never cuts
+    "my" out of "myth" nor "Deep Tree Echo" out of "Deep Tree Echoes": such words are left to
+    the ordinary merges. Longest phrases come first because the regex takes the first
+    alternative that matches, not the longest.
     """
     alternatives = []
     for phrase in sorted(phrases, key=lambda p: (-len(p), p)):
-        body = "".join(f"\\{c}" if c.isascii() and not c.isalnum() and c != " " else c for c in phrase)
+        body = "".join(
+            f"\\{c}" if c.isascii() and not c.isalnum() and c != " " else c for c in phrase
+        )
         head = f"(?<!{_WORD})" if _is_word_char(phrase[0]) else ""
         tail = f"(?!{_WORD})" if _is_word_char(phrase[-1]) else ""
         alternatives.append(f"{head}{body}{tail}")
@@ -86,7 +93,8 @@ def _with_phrases(tok: Tokenizer, phrases: list[str], vocab_size: int) -> Tokeni
     """Add the phrase tokens to a trained BPE, dropping its last merges to keep ``vocab_size``.
 
     Dropping the last k merges is the same as training k tokens fewer (BPE is greedy), so the
-    result is exactly a smaller BPE plus the phrases.
+    result is exactly a smaller BPE plus the phrases. ``ignore_merges`` also sends any other
+    whole piece that is in the vocabulary straight to its id, which can only shorten it.
     """
     spec = json.loads(tok.to_str())
     vocab: dict[str, int] = spec["model"]["vocab"]
