@@ -171,3 +171,13 @@ def m002_minhash_signatures(db: sqlite_utils.Database) -> None:
         pk="sample_id",
         foreign_keys=[("sample_id", "samples", "id")],
     )
+
+
+@migration
+def m003_reader_indexes(db: sqlite_utils.Database) -> None:
+    """Covering indexes for the TUI and reports: loss curves by cycle, verdict tallies by
+    curator, corpus counts by cycle, each answered from the index alone."""
+    db.execute("drop index if exists idx_metrics_cycle_name")
+    db["metrics"].create_index(["cycle", "name", "step", "value"])
+    db["verdicts"].create_index(["cycle", "curator", "keep"])
+    db["samples"].create_index(["cycle", "source", "generator", "status", "cost", "tokens"])
