@@ -225,3 +225,255 @@ def test_presets_and_config_validation() -> None:
         ModelConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="exceeds seq_len"):
         make()(torch.zeros(1, 17, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- presets, counts
+def test_preset_sizes_at_target_depth() -> None:
+    assert PRESETS["medium"].d_model == 1024 and PRESETS["medium"].n_heads == 16
+    sizes = {name: config_num_params(cfg, n_layers="target") for name, cfg in PRESETS.items()}
+    assert 2.4e8 < sizes["small"] < 2.6e8
+    assert 3.5e8 < sizes["medium"] < 4.2e8  # GPT-2 medium's shape with an untied head
+    assert 0.9e9 < sizes["large"] < 1.1e9
+    for cfg in PRESETS.values():
+        assert config_num_params(cfg, n_layers="target") == config_num_params(
+            replace(cfg, n_layers=cfg.target_layers)
+        )
+        flops = config_flops_per_token(cfg, n_layers="target")
+        assert flops > 6 * config_num_params(cfg, non_embedding=True, n_layers="target")
+
+
+PRIOR = replace(CFG, cooc_rank=5, key_bias=True)
+
+
+@pytest.mark.parametrize("cooc_rank,key_bias", [(0, False), (5, False), (0, True), (7, True)])
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_config_counts_match_a_built_model(cooc_rank: int, key_bias: bool, n_layers: int) -> None:
+    # The large presets are too big to build in a test; the same formulas on small shapes.
+    cfg = replace(CFG, cooc_rank=cooc_rank, key_bias=key_bias, n_layers=n_layers)
+    model = GrowingTransformer(cfg)
+    assert config_num_params(cfg) == model.num_params()
+    assert config_num_params(cfg, non_embedding=True) == model.num_params(non_embedding=True)
+    assert config_num_params(replace(cfg, n_layers=1), n_layers=n_layers) == model.num_params()
+    target = GrowingTransformer(replace(cfg, n_layers=cfg.target_layers))
+    assert config_num_params(cfg, n_layers="target") == target.num_params()
+    width = CFG.d_model + CFG.n_heads * cfg.prior_columns  # q.k and att.v head dims, summed
+    expected = 6 * model.num_params(non_embedding=True) + 12 * n_layers * width * CFG.seq_len
+    assert model.flops_per_token() == config_flops_per_token(cfg) == expected
+
+
+# --------------------------------------------------------------------------- attention priors
+def prior_model(seed: int = 0, n_layers: int = 2) -> GrowingTransformer:
+    """A model whose priors are switched on and non-trivial."""
+    g = torch.Generator().manual_seed(seed)
+    model = GrowingTransformer(replace(PRIOR, n_layers=n_layers), generator=g)
+    V, r = PRIOR.vocab_size, PRIOR.cooc_rank
+    model.set_cooc_factors(torch.randn(V, r, generator=g), torch.randn(V, r, generator=g))
+    model.init_key_bias([3, 5, 7], 1.5)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.cooc_alpha.fill_(0.7)
+            block.key_bias.add_(torch.randn(V, generator=g))
+    return model
+
+
+def test_prior_columns_equal_a_dense_additive_bias() -> None:
+    model = prior_model()
+    block = model.blocks[0]
+    x, _ = batch()
+    B, T = x.shape
+    H, D = PRIOR.n_heads, PRIOR.d_model // PRIOR.n_heads
+    h = torch.randn(B, T, PRIOR.d_model, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fused = block.attn(block.ln1(h), block.prior(x, model._prior_base(x)))
+        # Reference: softmax(q.k/sqrt(D) + alpha U_i.V_j + b_j, causal) v, with dense T x T.
+        q, k, v = block.attn.qkv(block.ln1(h)).view(B, T, 3, H, D).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        U, Vf = model.cooc_u[x], model.cooc_v[x]
+        bias = block.cooc_alpha * (U @ Vf.transpose(1, 2)) + block.key_bias[x][:, None, :]
+        att = q @ k.transpose(-1, -2) / D**0.5 + bias[:, None]
+        att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        y = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, PRIOR.d_model)
+        ref = block.attn.proj(y)
+        plain = block.attn(block.ln1(h))
+    assert (fused - ref).abs().max().item() < 1e-5
+    assert (plain - ref).abs().max().item() > 1e-3  # the prior really changed the attention
+    assert PRIOR.prior_columns == 8  # rank 5 + key bias, padded to a multiple of 8
+
+
+def test_priors_learn_and_start_neutral() -> None:
+    model = GrowingTransformer(replace(PRIOR, n_layers=2))
+    assert model.blocks[0].cooc_alpha.item() == pytest.approx(0.1)
+    # Zero factors and zero key bias: the same function as a model without priors.
+    plain = GrowingTransformer(replace(CFG, n_layers=2))
+    plain.load_state_dict(model.state_dict(), strict=False)
+    x, y = batch()
+    torch.testing.assert_close(model(x)[0], plain(x)[0], atol=1e-6, rtol=0)
+    model = prior_model()
+    model(x, y)[1].backward()
+    for block in model.blocks:
+        assert block.cooc_alpha.grad.abs() > 0
+        assert block.key_bias.grad.abs().sum() > 0
+    assert model.cooc_u.grad is None and not model.cooc_u.requires_grad
+
+
+def test_prior_buffers_travel_in_the_state_dict() -> None:
+    model = prior_model()
+    state = model.state_dict()
+    assert {"cooc_u", "cooc_v", "key_bias_init", "blocks.0.cooc_alpha", "blocks.1.key_bias"} <= set(
+        state
+    )
+    with torch.device("meta"):  # as load_checkpoint builds it
+        loaded = GrowingTransformer(model.config)
+    loaded.load_state_dict(state, strict=True, assign=True)
+    x, _ = batch()
+    assert torch.equal(loaded(x)[0], model(x)[0])
+    with pytest.raises(ValueError, match="must be"):
+        model.set_cooc_factors(torch.zeros(3, 5), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="must be"):
+        model.set_cooc_factors(torch.zeros(97, 6), torch.zeros(97, 6))
+    model.set_cooc_factors(torch.ones(97, 2), torch.ones(97, 2))  # fewer factors: rest zero
+    assert model.cooc_u[:, :2].eq(1).all() and model.cooc_u[:, 2:].eq(0).all()
+    with pytest.raises(ValueError, match="cooc_rank is 0"):
+        make().set_cooc_factors(torch.zeros(97, 5), torch.zeros(97, 5))
+    with pytest.raises(ValueError, match="no key bias"):
+        make().init_key_bias([1], 0.5)
+
+
+def test_init_key_bias_reaches_every_block_and_later_ones() -> None:
+    model = GrowingTransformer(replace(PRIOR, n_layers=2))
+    model.init_key_bias([4, 9], 0.25)
+    model.grow("identity")
+    model.grow("random", generator=torch.Generator().manual_seed(1), n=2)
+    expected = torch.zeros(PRIOR.vocab_size)
+    expected[[4, 9]] = 0.25
+    assert torch.equal(model.key_bias_init, expected)
+    for block in model.blocks:
+        assert torch.equal(block.key_bias, expected)
+        assert block.cooc_alpha.item() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_identity_growth_with_priors_preserves_the_function(n: int) -> None:
+    model = prior_model(n_layers=2)
+    model.set_trainable(1)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        model(*batch())[1].backward()
+        opt.step()
+    x, _ = batch(seed=5)
+    with torch.no_grad():
+        before, _ = model(x)
+        top = model.grow("identity", n=n)
+        after, _ = model(x)
+    assert top is model.blocks[-1]
+    assert len(model.blocks) == model.config.n_layers == 2 + n
+    assert model.frozen_mask() == [True] * (1 + n) + [False]
+    assert (after - before).abs().max().item() < 1e-6
+
+
+def test_grow_n_blocks_at_once() -> None:
+    model = make(n_layers=1)
+    x, _ = batch()
+    with torch.no_grad():
+        before = model(x)[0]
+        model.grow("identity", n=2)
+        assert (model(x)[0] - before).abs().max().item() < 1e-6
+    assert len(model.blocks) == 3
+    model.grow("copy", n=2)
+    assert all(
+        torch.equal(model.blocks[4].mlp.fc.weight, model.blocks[i].mlp.fc.weight) for i in (2, 3)
+    )
+    with pytest.raises(ValueError, match="n >= 1"):
+        model.grow(n=0)
+
+
+def test_kv_cache_with_priors_matches_the_uncached_model() -> None:
+    model = prior_model(n_layers=2).eval()
+    idx = batch(B=2, T=12)[0]
+    idx[:, ::3] = 5  # a key-biased token
+    cache = KVCache(len(model.blocks))
+    with torch.no_grad():
+        model._logits(idx[:, :6], cache)
+        for t in range(6, 12):
+            step = model._logits(idx[:, t : t + 1], cache)[:, -1]
+            full = model(idx[:, : t + 1])[0][:, -1]
+            torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+    out = model.generate(idx[:, :5], max_new_tokens=20, temperature=0)
+    ref = idx[:, :5]
+    for _ in range(20):
+        ref = torch.cat((ref, _uncached_logits(model, ref).argmax(-1, keepdim=True)), 1)
+    assert torch.equal(out, ref)
+
+
+# --------------------------------------------------------------------------- hidden, prefix
+def test_return_hidden_is_the_final_norm_output() -> None:
+    model = make(n_layers=2)
+    x, y = batch()
+    logits, loss, hidden = model(x, y, return_hidden=True)
+    assert hidden.shape == (3, 16, CFG.d_model)
+    torch.testing.assert_close(model.head(hidden), logits)
+    assert loss is not None and hidden.requires_grad
+    assert len(model(x, y)) == 2
+
+
+@pytest.mark.parametrize("priors", [False, True])
+@pytest.mark.parametrize("n_trainable", [1, 2, 3])
+def test_cached_prefix_gives_the_same_loss_and_grads(priors: bool, n_trainable: int) -> None:
+    model = prior_model(n_layers=3) if priors else make(n_layers=3)
+    model.set_trainable(n_trainable)
+    x, y = batch()
+    _, loss = model(x, y)
+    loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+
+    prefix = model.frozen_prefix(x)
+    assert not prefix.requires_grad
+    _, cached = model(x, y, prefix_hidden=prefix)
+    cached.backward()
+    assert abs(cached.item() - loss.item()) < 1e-6
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, ref[n], atol=1e-6, rtol=0)
+        else:
+            assert p.grad is None, n
+
+
+def test_prefix_hidden_is_checked() -> None:
+    model = make(n_layers=2)
+    x, _ = batch()
+    with pytest.raises(ValueError, match="nothing is frozen"):
+        model.frozen_prefix(x)
+    with pytest.raises(ValueError, match="needs a frozen prefix"):
+        model(x, prefix_hidden=torch.zeros(3, 16, CFG.d_model))
+    model.set_trainable(1)
+    with pytest.raises(ValueError, match="does not fit"):
+        model(x, prefix_hidden=torch.zeros(3, 15, CFG.d_model))
+
+
+def test_priors_under_bf16_autocast() -> None:
+    # On CUDA the trainer runs under bf16 autocast: the fp32 prior columns must follow q/k.
+    model = prior_model()
+    x, y = batch()
+    ref, _ = model(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(x, y)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert (logits.float() - ref).abs().max().item() < 0.1
+    loss.backward()
+    assert model.blocks[0].cooc_alpha.grad is not None
+
+
+def _attention_kernels(model: GrowingTransformer) -> set[str]:
+    with torch.profiler.profile() as prof, torch.no_grad():
+        model(batch()[0])
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+def test_priors_keep_the_fused_attention_kernel() -> None:
+    # Why the value is zero-padded: a narrower value would send SDPA to its dense math path.
+    plain = _attention_kernels(make(n_layers=1))
+    with_priors = _attention_kernels(prior_model(n_layers=1))
+    assert with_priors == plain
+    assert not any("math" in k for k in plain), plain
