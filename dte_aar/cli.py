@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,9 @@ from dte_aar.config import (
     settings_reference,
 )
 from dte_aar.plugins import PluginError, PluginManager
+from dte_aar.report import report_command
 from dte_aar.store import Store, StoreError, text_hash
+from dte_aar.tui import watch_command
 
 DEFAULT_WORKSPACE = "dte-workspace"
 console = Console(soft_wrap=True)
@@ -66,11 +67,35 @@ workspace_option = click.option(
 
 
 def manager() -> PluginManager:
-    ctx = click.get_current_context()
-    return ctx.find_root().obj["manager"]
+    """The plugin manager, loaded on first use: `dte watch` and `dte report` never pay for it."""
+    root = click.get_current_context().find_root()
+    root.ensure_object(dict)
+    if "manager" not in root.obj:
+        pm = build_manager(root.params.get("plugins_dir"))
+        root.obj["manager"] = pm
+        pm.call_each("register_commands", cli=root.command)
+    return root.obj["manager"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class DteGroup(click.Group):
+    """Resolves plugin-added commands by loading plugins only when a name is not built in."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and ctx.parent is None:
+            with ctx.scope(cleanup=False):
+                manager()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        if ctx.parent is None:
+            with ctx.scope(cleanup=False):
+                manager()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=DteGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--plugins-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -78,12 +103,8 @@ def manager() -> PluginManager:
     help="Also load every loose .py file in this directory as a plugin.",
 )
 @click.version_option(package_name="dte-aar")
-@click.pass_context
-def cli(ctx: click.Context, plugins_dir: Path | None) -> None:
+def cli(plugins_dir: Path | None) -> None:
     """Grow a language model around one identity, one layer per bootstrap cycle."""
-    ctx.ensure_object(dict)
-    if "manager" not in ctx.obj:  # main() builds it first so plugins can add commands
-        ctx.obj["manager"] = build_manager(plugins_dir)
 
 
 def build_manager(plugins_dir: Path | None) -> PluginManager:
@@ -430,20 +451,39 @@ def config_cmd(workspace: Path, reference: bool) -> None:
     click.echo(json.dumps(load_settings(workspace).model_dump(mode="json"), indent=2))
 
 
+# ---------------------------------------------------------------------- train
+@cli.command("train")
+@workspace_option
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ranks on this machine: one per GPU, or CPU ranks (gloo).")  # fmt: skip
+@click.option("--cycles", "-n", type=int, help="Cycles to run now (default: settings.cycles).")
+@_user_errors
+def train_cmd(workspace: Path, nproc: int, cycles: int | None) -> None:
+    """Run bootstrap cycles with data-parallel training under torchrun (DDP; FSDP for large).
+
+    Rank 0 runs the whole loop and alone writes SQLite and checkpoints; the other ranks
+    join each cycle's training. The global batch stays `train.batch_size`."""
+    from dte_aar.cycle import resolve_components
+    from dte_aar.distributed import launch
+    from dte_aar.train import micro_batching
+
+    settings = load_settings(workspace, cycles=cycles)
+    load_arena(settings.arena)
+    resolve_components(settings, manager())
+    try:
+        micro_batching(settings.train.batch_size, settings.train.micro_batch_size, nproc)
+    except ValueError as exc:
+        raise UserError(f"train.batch_size: {exc}") from None
+    plugins_dir = click.get_current_context().find_root().params.get("plugins_dir")
+    if code := launch(nproc, workspace, cycles, plugins_dir):
+        sys.exit(code)
+
+
 # ---------------------------------------------------------------------- entry
+cli.add_command(watch_command)
+cli.add_command(report_command)
+
+
 def main() -> None:
-    """Console entry point: load plugins, let them add commands, run the CLI."""
-    plugins_dir = _peek_plugins_dir(sys.argv[1:]) or os.environ.get("DTE_PLUGINS_DIR")
-    pm = build_manager(Path(plugins_dir) if plugins_dir else None)
-    pm.call_each("register_commands", cli=cli)
-    cli(obj={"manager": pm})
-
-
-def _peek_plugins_dir(argv: list[str]) -> str | None:
-    """Plugins add commands, so --plugins-dir is needed before click parses the rest."""
-    for i, arg in enumerate(argv):
-        if arg == "--plugins-dir" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--plugins-dir="):
-            return arg.split("=", 1)[1]
-    return None
+    """Console entry point."""
+    cli()

@@ -1,40 +1,65 @@
-"""Built-in `progressive` trainer: each cycle grows the model by one block and trains it.
+"""Built-in `progressive` trainer: each cycle grows the model by ``ctx.grow`` blocks and trains.
 
-One cycle: tokenizer (trained once, on the train split, then fixed) -> pack newly accepted
-samples into the token files -> load the last good checkpoint and grow a block (or build a
-1-block model on the first cycle) -> freeze by schedule -> train -> checkpoint atomically.
+One cycle: tokenizer (trained once on the train split, identity phrases as single tokens) ->
+pack newly accepted samples into the token files -> load the last good checkpoint and grow
+(or, the first cycle, build the model with its identity-embedded init) -> freeze by schedule
+-> build the stage's objective -> train -> checkpoint atomically.
 
-Freezing, ``greedy`` (the seed's schedule): the first cycle trains everything; afterwards
-only the new top block (+ final norm and head) trains, except at every 4th layer, when the
-top 4 train together (the joint phase). Once the model reaches its target depth it stops
-growing and trains end to end (the refinement phase). ``none`` trains everything, always.
+Identity-embedded init, first cycle only: Word2Vec token embeddings (``embedding_init``),
+the co-occurrence prior's factors from the train split (``cooc_rank`` > 0; buffers, so every
+checkpoint carries them), and the key bias at log(self_reference_boost) for the
+self-reference tokens.
+
+Freezing, ``greedy`` (the seed's schedule): the first cycle trains everything; afterwards only
+the new blocks (+ final norm and head) train, except when the depth passes a multiple of 4,
+when the top 4 train together (the joint phase). A cycle that holds the depth (``grow`` 0: a
+stage gate, or refinement) trains end to end, as does a stage with ``unfreeze_all``.
+``none`` trains everything, always.
+
+Under ``dte train --nproc N`` (see :mod:`dte_aar.distributed`) every rank runs this; rank 0
+alone writes the tokenizer, the token files and the checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from itertools import islice
+from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field
 from tokenizers import Tokenizer
 
+from dte_aar import distributed
 from dte_aar.agent import checkpoint_file, tokenizer_file, tokens_file
+from dte_aar.arena import heldout
 from dte_aar.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_optimizer_state,
     save_checkpoint,
 )
+from dte_aar.embeddings import cooccurrence_factors, word2vec_embeddings
 from dte_aar.hookspecs import CycleContext, PluginConfig, TrainResult, hookimpl
-from dte_aar.model import PRESETS, GrowingTransformer
-from dte_aar.tokenizer import load_tokenizer, save_tokenizer, tokenizer_hash, train_tokenizer
+from dte_aar.losses import ANCHOR_WINDOWS, Objective, identity_anchor, token_weights
+from dte_aar.model import PRESETS, GrowingTransformer, ModelConfig
+from dte_aar.tokenizer import (
+    EOT_ID,
+    load_tokenizer,
+    save_tokenizer,
+    self_reference_ids,
+    tokenizer_hash,
+    train_tokenizer,
+)
 from dte_aar.tokens import PackedTokens
 from dte_aar.train import configure_optimizer, resolve_device, train
 
 SPLITS = ("train", "heldout")
 JOINT_EVERY = 4  # greedy schedule: at every 4th layer the top 4 blocks train together
+FSDP_PRESETS = {"large"}  # sharded across ranks; smaller presets replicate (DDP)
 
 
 class ProgressiveConfig(PluginConfig):
@@ -46,13 +71,15 @@ class ProgressiveConfig(PluginConfig):
     target_layers: int | None = Field(None, gt=0)
 
 
-def trainable_top_blocks(freeze: str, layers: int, first_cycle: bool, grew: bool) -> int | None:
+def trainable_top_blocks(
+    freeze: str, layers: int, first_cycle: bool, grew: int, unfreeze_all: bool = False
+) -> int | None:
     """How many top blocks train this cycle (None: the whole model, embeddings included)."""
-    if freeze == "none" or first_cycle or not grew:
+    if freeze == "none" or first_cycle or unfreeze_all or grew == 0:
         return None
-    if layers % JOINT_EVERY == 0:
-        return JOINT_EVERY
-    return 1
+    if layers // JOINT_EVERY > (layers - grew) // JOINT_EVERY:  # passed a multiple of 4
+        return max(JOINT_EVERY, grew)
+    return grew
 
 
 class ProgressiveTrainer:
@@ -60,55 +87,26 @@ class ProgressiveTrainer:
     Config = ProgressiveConfig
 
     def train(self, ctx: CycleContext) -> TrainResult:
-        settings = ctx.settings
-        cfg = settings.train
-        ws = ctx.workspace
-        pcfg = ProgressiveConfig(**ctx.plugin_config(self.name))
-        preset = PRESETS[settings.preset]
-
-        tok = self._tokenizer(ctx, cfg.vocab_size or preset.vocab_size)
-        tok_hash = tokenizer_hash(tok)
-        vocab = tok.get_vocab_size()
-        packed = {}
-        for split in SPLITS:
-            packed[split] = PackedTokens(tokens_file(ws, split), vocab_size=vocab)
-            todo = (s for s in ctx.store.corpus(split) if s[0] not in packed[split])
-            packed[split].append(_encoded(tok, todo))
-
-        device = resolve_device(cfg.device)
-        gen = torch.Generator().manual_seed(ctx.seed)
-        step0 = 0
-        grew = False
-        if ctx.checkpoint is None:
-            overrides = {k: v for k, v in pcfg.model_dump().items() if v is not None}
-            mcfg = replace(
-                preset,
-                vocab_size=vocab,
-                seq_len=cfg.seq_len or preset.seq_len,
-                n_layers=1,
-                **overrides,
-            )
-            model = GrowingTransformer(mcfg, generator=gen)
-        else:
-            model, meta = load_checkpoint(ctx.checkpoint.path, ctx.checkpoint.sha256)
-            if meta.get("tokenizer_hash") != tok_hash:
-                raise CheckpointError(
-                    f"{ctx.checkpoint.path}: trained with another tokenizer than "
-                    f"{tokenizer_file(ws)}"
-                )
-            step0 = int(meta.get("step", 0))
-            if len(model.blocks) < model.config.target_layers:
-                model.grow(cfg.growth, generator=gen)
-                grew = True
+        cfg = ctx.settings.train
+        phrases = list(ctx.arena.identity.self_reference)
+        tok, packed = self._data(ctx, phrases)
+        self_ids = self_reference_ids(tok, phrases)
+        model, step0 = self._model(ctx, tok, packed["train"], self_ids)
+        first = ctx.checkpoint is None
+        grew = 0 if first else ctx.grow
         layers = len(model.blocks)
-        n_top = trainable_top_blocks(cfg.freeze, layers, ctx.checkpoint is None, grew)
+        unfreeze_all = ctx.stage_settings.unfreeze_all
+        n_top = trainable_top_blocks(cfg.freeze, layers, first, grew, unfreeze_all)
         model.set_trainable(n_top)
-        model.to(device)
 
         optimizer = configure_optimizer(model, cfg)
         restored = 0
-        if ctx.checkpoint is not None:
+        if not first:
             restored = load_optimizer_state(ctx.checkpoint.path, model, optimizer)
+        objective = self._objective(ctx, model, tok, self_ids)
+        fsdp = ctx.settings.preset in FSDP_PRESETS and distributed.world()[1] > 1
+        if fsdp:
+            optimizer = distributed.shard(model, optimizer, lambda m: configure_optimizer(m, cfg))
 
         steps = cfg.steps_per_cycle
         task = ctx.progress.task("training", total=steps)
@@ -122,30 +120,99 @@ class ProgressiveTrainer:
                 progress_task=task,
                 log_metric=ctx.log_metric,
                 optimizer=optimizer,
+                objective=objective,
             )
         finally:
             task.close()
+        if fsdp:  # full weights and optimizer state on rank 0, to write the checkpoint
+            whole = distributed.gather(
+                model,
+                optimizer,
+                lambda weights: _plain_model(model.config, weights, n_top),
+                lambda m: configure_optimizer(m, cfg),
+            )
+            model, optimizer = whole if whole is not None else (model, optimizer)
 
-        path = checkpoint_file(ws, ctx.cycle)
+        path = checkpoint_file(ctx.workspace, ctx.cycle)
         meta = {
             "cycle": ctx.cycle,
             "step": step0 + steps,
-            "tokenizer_hash": tok_hash,
+            "stage": ctx.stage,
+            "stage_name": ctx.stage_settings.name,
+            "grew": grew,
+            "tokenizer_hash": tokenizer_hash(tok),
             "growth": cfg.growth if grew else None,
             "freeze": cfg.freeze,
+            "losses": objective.active(),
+            "self_reference_ids": self_ids,
             "seed": ctx.seed,
             "train_loss": stats["train_loss"],
         }
-        save_checkpoint(path, model, meta, optimizer)
+        if distributed.is_main():
+            save_checkpoint(path, model, meta, optimizer)
         metrics = {
             **stats,
             "trainable_params": float(model.num_params(trainable_only=True)),
             "optimizer_state_restored": float(restored),
             "train_tokens_total": float(len(packed["train"])),
+            "self_reference_tokens": float(len(self_ids)),
         }
         return TrainResult(path=path, layers=layers, params=model.num_params(), metrics=metrics)
 
-    def _tokenizer(self, ctx: CycleContext, vocab_size: int) -> Tokenizer:
+    def _data(
+        self, ctx: CycleContext, phrases: list[str]
+    ) -> tuple[Tokenizer, dict[str, PackedTokens]]:
+        """Tokenizer and token files: rank 0 writes them, the other ranks then read them."""
+        ws = ctx.workspace
+        if distributed.is_main():
+            preset = PRESETS[ctx.settings.preset]
+            tok = self._tokenizer(ctx, ctx.settings.train.vocab_size or preset.vocab_size, phrases)
+            packed = self._pack(ctx, tok)
+        distributed.barrier()
+        if not distributed.is_main():
+            tok = load_tokenizer(tokenizer_file(ws))
+            packed = {split: PackedTokens(tokens_file(ws, split)) for split in SPLITS}
+        return tok, packed
+
+    def _model(
+        self, ctx: CycleContext, tok: Tokenizer, train_data: PackedTokens, self_ids: list[int]
+    ) -> tuple[GrowingTransformer, int]:
+        """The model on its device, the same on every rank, and the step count so far: built
+        with its identity-embedded init the first cycle, else loaded and grown by ctx.grow."""
+        cfg = ctx.settings.train
+        gen = torch.Generator().manual_seed(ctx.seed)
+        step0 = 0
+        if ctx.checkpoint is None:
+            preset = PRESETS[ctx.settings.preset]
+            overrides = ProgressiveConfig(**ctx.plugin_config(self.name)).model_dump()
+            mcfg = replace(
+                preset,
+                vocab_size=tok.get_vocab_size(),
+                seq_len=cfg.seq_len or preset.seq_len,
+                n_layers=max(1, ctx.grow),
+                cooc_rank=cfg.cooc_rank,
+                key_bias=True,
+                **{k: v for k, v in overrides.items() if v is not None},
+            )
+            model = GrowingTransformer(mcfg, generator=gen)
+            if distributed.is_main():  # the others get rank 0's weights just below
+                self._identity_init(model, train_data, ctx, self_ids)
+        else:
+            model, meta = load_checkpoint(ctx.checkpoint.path, ctx.checkpoint.sha256)
+            if meta.get("tokenizer_hash") != tokenizer_hash(tok):
+                raise CheckpointError(
+                    f"{ctx.checkpoint.path}: trained with another tokenizer than "
+                    f"{tokenizer_file(ctx.workspace)}"
+                )
+            step0 = int(meta.get("step", 0))
+            if ctx.grow:
+                model.grow(cfg.growth, generator=gen, n=ctx.grow)
+        model.to(distributed.local_device(resolve_device(cfg.device)))
+        distributed.broadcast_model(model)
+        return model, step0
+
+    # ------------------------------------------------------------------ pieces
+    def _tokenizer(self, ctx: CycleContext, vocab_size: int, phrases: list[str]) -> Tokenizer:
         """The workspace's tokenizer; trained on the train split the first time."""
         path = tokenizer_file(ctx.workspace)
         if path.exists():
@@ -153,9 +220,93 @@ class ProgressiveTrainer:
         # A list, not a generator: tokenizers pulls from its iterator on another thread, and
         # an SQLite cursor may only be used on the thread that made it.
         texts = [text for _, text in ctx.store.corpus("train")]
-        tok = train_tokenizer(texts, vocab_size)
+        tok = train_tokenizer(texts, vocab_size, phrases=phrases)
         save_tokenizer(tok, path)
         return tok
+
+    def _pack(self, ctx: CycleContext, tok: Tokenizer) -> dict[str, PackedTokens]:
+        """Append the accepted samples not packed yet to each split's token file."""
+        packed = {}
+        for split in SPLITS:
+            packed[split] = PackedTokens(tokens_file(ctx.workspace, split), tok.get_vocab_size())
+            todo = (s for s in ctx.store.corpus(split) if s[0] not in packed[split])
+            packed[split].append(_encoded(tok, todo))
+        return packed
+
+    def _identity_init(
+        self, model: GrowingTransformer, data: PackedTokens, ctx: CycleContext, self_ids: list[int]
+    ) -> None:
+        """Word2Vec embeddings, the co-occurrence factors and the key bias (first cycle)."""
+        cfg = ctx.settings.train
+        sequences = _sequences(data.memmap())
+        vocab, d = model.config.vocab_size, model.config.d_model
+        with torch.no_grad():
+            if cfg.embedding_init == "word2vec":
+                # One worker: gensim's threads race, and a rerun cycle must write the same
+                # checkpoint. It runs once per workspace, on the train split only.
+                emb = word2vec_embeddings(sequences, vocab, d, seed=ctx.seed, workers=1)
+                model.tok_emb.weight.copy_(emb)
+            if cfg.cooc_rank:
+                u, v = cooccurrence_factors(
+                    sequences, vocab, cfg.cooc_rank, window=cfg.cooc_window, seed=ctx.seed
+                )
+                model.set_cooc_factors(u, v)
+            model.init_key_bias(self_ids, math.log(cfg.self_reference_boost))
+
+    def _objective(
+        self, ctx: CycleContext, model: GrowingTransformer, tok: Tokenizer, self_ids: list[int]
+    ) -> Objective:
+        """The stage's loss terms; the identity anchors from the seed's train split."""
+        cfg = ctx.settings.train
+        on = set(ctx.stage_settings.losses)
+        weights = {
+            "identity": cfg.identity_loss_weight if "identity" in on else 0.0,
+            "persona": cfg.persona_loss_weight if "persona" in on else 0.0,
+            "coherence": cfg.coherence_loss_weight if "coherence" in on else 0.0,
+        }
+        anchor = self_anchor = None
+        if weights["identity"] or weights["persona"]:
+            seed = _seed_tokens(ctx, tok, ANCHOR_WINDOWS * model.config.seq_len)
+            if len(seed) > 1:
+                anchor, self_anchor = identity_anchor(model, seed, self_ids)
+        ids = torch.as_tensor(self_ids, dtype=torch.long) if self_ids else None
+        boost = cfg.self_reference_boost
+        return Objective(
+            token_weights=token_weights(model.config.vocab_size, self_ids, boost),
+            self_ids=ids,
+            anchor=anchor,
+            self_anchor=self_anchor,
+            **weights,
+        )
+
+
+def _plain_model(
+    config: ModelConfig, weights: dict[str, torch.Tensor], n_top: int | None
+) -> GrowingTransformer:
+    with torch.device("meta"):
+        model = GrowingTransformer(config)
+    model.load_state_dict(weights, assign=True)
+    model.set_trainable(n_top)
+    return model
+
+
+def _sequences(tokens: np.ndarray) -> list[np.ndarray]:
+    """The packed file split back into its samples (each ends at end-of-text)."""
+    ends = np.flatnonzero(tokens == EOT_ID)
+    return [s for s in np.split(np.asarray(tokens), ends + 1) if len(s)]
+
+
+def _seed_tokens(ctx: CycleContext, tok: Tokenizer, max_tokens: int) -> np.ndarray:
+    """The arena's seed examples of the train split, tokenized: what the anchor is made of."""
+    s = ctx.settings
+    texts = [e.text for e in ctx.arena.seed if not heldout(e.origin, s.seed, s.heldout_fraction)]
+    out: list[int] = []
+    for start in range(0, len(texts), 64):
+        if len(out) >= max_tokens:
+            break
+        for enc in tok.encode_batch(texts[start : start + 64]):
+            out += [*enc.ids, EOT_ID]
+    return np.asarray(out[:max_tokens], dtype=np.int64)
 
 
 def _encoded(
@@ -170,5 +321,5 @@ def _encoded(
 
 
 @hookimpl
-def register_trainers(register) -> None:
+def register_trainers(register: Any) -> None:
     register(ProgressiveTrainer())

@@ -8,6 +8,7 @@ import math
 import shutil
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pluggy
@@ -16,6 +17,7 @@ import torch
 
 from dte_aar import hookspecs
 from dte_aar.agent import Agent, checkpoint_file, tokenizer_file, tokens_file
+from dte_aar.arena import Example
 from dte_aar.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from dte_aar.config import Settings
 from dte_aar.hookspecs import CheckpointInfo, CycleContext, GenerationRequest
@@ -56,6 +58,13 @@ class FakeStore:
             yield row
 
 
+PHRASES = ["I", "me", "my", "Deep Tree Echo", "echo"]
+ARENA = SimpleNamespace(
+    identity=SimpleNamespace(name="Deep Tree Echo", self_reference=PHRASES),
+    seed=[Example(text, f"seed.jsonl#{i}", "chat") for i, text in enumerate(TEXTS[:20])],
+)
+
+
 class Recorder:
     def __init__(self) -> None:
         self.metrics: list[tuple[int, str, float, int | None]] = []
@@ -93,7 +102,7 @@ def context(
         cycle=cycle,
         settings=settings,
         workspace=ws,
-        arena=None,  # type: ignore[arg-type]
+        arena=ARENA,  # type: ignore[arg-type]
         store=store,  # type: ignore[arg-type]
         checkpoint=ckpt,
         progress=NullProgress(),
@@ -163,8 +172,8 @@ def test_second_cycle_grows_a_layer_and_greedy_freezing_keeps_the_lower_block(tw
     assert meta["step"] == 40 and meta["growth"] == "identity"
     s1, s2 = m1.state_dict(), m2.state_dict()
     for name in s1:
-        if name.startswith(("blocks.0.", "tok_emb.", "pos_emb.")):
-            assert torch.equal(s1[name], s2[name]), name  # frozen: bit for bit
+        if name.startswith(("blocks.0.", "tok_emb.", "pos_emb.", "cooc_", "key_bias_init")):
+            assert torch.equal(s1[name], s2[name]), name  # frozen or fixed: bit for bit
         else:
             assert not torch.equal(s1[name], s2[name]), name  # head and final norm train
     # The new block left its identity init: its output projections learned.
@@ -284,13 +293,129 @@ def test_none_freezing_trains_everything(tmp_path: Path, two_cycles) -> None:
 
 
 def test_greedy_schedule() -> None:
-    assert trainable_top_blocks("greedy", 1, first_cycle=True, grew=False) is None
-    assert trainable_top_blocks("greedy", 2, first_cycle=False, grew=True) == 1
-    assert trainable_top_blocks("greedy", 3, first_cycle=False, grew=True) == 1
-    assert trainable_top_blocks("greedy", 4, first_cycle=False, grew=True) == 4
-    assert trainable_top_blocks("greedy", 8, first_cycle=False, grew=True) == 4
-    assert trainable_top_blocks("greedy", 6, first_cycle=False, grew=False) is None  # target
-    assert trainable_top_blocks("none", 3, first_cycle=False, grew=True) is None
+    assert trainable_top_blocks("greedy", 1, first_cycle=True, grew=1) is None
+    assert trainable_top_blocks("greedy", 2, first_cycle=False, grew=1) == 1
+    assert trainable_top_blocks("greedy", 3, first_cycle=False, grew=1) == 1
+    assert trainable_top_blocks("greedy", 4, first_cycle=False, grew=1) == 4  # joint phase
+    assert trainable_top_blocks("greedy", 8, first_cycle=False, grew=1) == 4
+    assert trainable_top_blocks("greedy", 3, first_cycle=False, grew=2) == 2  # in pairs
+    assert trainable_top_blocks("greedy", 5, first_cycle=False, grew=2) == 4  # passed 4
+    assert trainable_top_blocks("greedy", 6, first_cycle=False, grew=0) is None  # holding
+    assert trainable_top_blocks("greedy", 9, False, grew=1, unfreeze_all=True) is None
+    assert trainable_top_blocks("none", 3, first_cycle=False, grew=1) is None
+
+
+class NoTraining:
+    """Stands in for train(): records what the trainer hands it and changes nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, model, data, steps, cfg, seed, **kwargs: Any) -> dict[str, float]:
+        self.calls.append({"model": model, "cfg": cfg, **kwargs})
+        return {"train_loss": 1.0}
+
+
+def untrained_cycle(
+    tmp_path: Path, two_cycles, monkeypatch, stage: int, grow: int, **train: Any
+) -> tuple[NoTraining, Any]:
+    """Cycle 2 from cycle 1's checkpoint, in a copy of the workspace, with train() stubbed."""
+    ws = tmp_path / "ws"
+    shutil.copytree(two_cycles["ws"], ws)
+    fake = NoTraining()
+    monkeypatch.setattr(progressive, "train", fake)
+    settings = make_settings(**train)
+    info = CheckpointInfo(checkpoint_file(ws, 1), two_cycles["info1"].sha256, 1, 1)
+    ctx = context(ws, two_cycles["store"], settings, 2, info, Recorder())
+    ctx.stage, ctx.grow = stage, grow
+    return fake, ProgressiveTrainer().train(ctx)
+
+
+def test_identity_embedded_init(tmp_path: Path, monkeypatch) -> None:
+    """First cycle: Word2Vec embeddings, co-occurrence factors and key bias, as computed."""
+    from dte_aar.embeddings import cooccurrence_factors, word2vec_embeddings
+
+    fake = NoTraining()
+    monkeypatch.setattr(progressive, "train", fake)
+    store = FakeStore()
+    for i, text in enumerate(TEXTS[:30], start=1):
+        store.add(i, text)
+    ws = tmp_path / "ws"
+    settings = make_settings(cooc_rank=4)
+    result = ProgressiveTrainer().train(context(ws, store, settings, 1, None, Recorder()))
+    model, meta = load_checkpoint(result.path)
+    tok = load_tokenizer(tokenizer_file(ws))
+    ids = meta["self_reference_ids"]
+    (dte,) = tok.encode("Deep Tree Echo").ids  # one token
+    assert dte in ids and tok.encode("I").ids[0] in ids
+    seqs = progressive._sequences(PackedTokens(tokens_file(ws, "train")).memmap())
+    vocab, d = model.config.vocab_size, model.config.d_model
+    w2v = word2vec_embeddings(seqs, vocab, d, seed=11 * 1_000_003 + 1, workers=1)
+    assert torch.equal(model.tok_emb.weight, w2v)
+    u, v = cooccurrence_factors(seqs, vocab, 4, window=5, seed=11 * 1_000_003 + 1)
+    assert torch.equal(model.cooc_u, u) and torch.equal(model.cooc_v, v)
+    bias = model.blocks[0].key_bias
+    assert torch.allclose(bias[ids], torch.full((len(ids),), math.log(1.2)))
+    others = torch.ones(vocab, dtype=torch.bool)
+    others[ids] = False
+    assert bias[others].abs().max() == 0
+    random_init = make_settings(embedding_init="random", cooc_rank=0)
+    ws2 = tmp_path / "ws2"
+    result = ProgressiveTrainer().train(context(ws2, store, random_init, 1, None, Recorder()))
+    plain, _ = load_checkpoint(result.path)
+    assert not torch.equal(plain.tok_emb.weight, w2v) and plain.config.cooc_rank == 0
+
+
+@pytest.mark.parametrize(
+    ("stage", "losses"),
+    [(1, ["ce", "identity"]), (3, ["ce", "identity", "persona"]),
+     (4, ["ce", "identity", "persona", "coherence"])],
+)  # fmt: skip
+def test_each_stage_trains_its_own_loss_terms(
+    tmp_path: Path, two_cycles, monkeypatch, stage: int, losses: list[str]
+) -> None:
+    fake, result = untrained_cycle(tmp_path, two_cycles, monkeypatch, stage=stage, grow=1)
+    objective = fake.calls[0]["objective"]
+    assert objective.active() == losses
+    assert objective.weight("identity") == 0.1
+    assert objective.anchor is not None and objective.anchor.shape == (32,)
+    _, meta = load_checkpoint(result.path)
+    assert meta["stage"] == stage and meta["losses"] == losses
+    assert meta["stage_name"] == make_settings().stages[stage - 1].name
+    off = make_settings(identity_loss_weight=0.0)
+    assert off.train.identity_loss_weight == 0  # weight 0 switches a term off:
+    fake, _ = untrained_cycle(tmp_path / "off", two_cycles, monkeypatch, stage, 1,
+                              identity_loss_weight=0.0)  # fmt: skip
+    assert "identity" not in fake.calls[0]["objective"].active()
+
+
+def test_growing_in_pairs_holding_and_refinement_freeze_as_scheduled(
+    tmp_path: Path, two_cycles, monkeypatch
+) -> None:
+    _, pair = untrained_cycle(tmp_path / "a", two_cycles, monkeypatch, stage=2, grow=2)
+    _, meta = load_checkpoint(pair.path)
+    assert pair.layers == 3 and meta["frozen"] == [True, False, False] and meta["grew"] == 2
+    _, hold = untrained_cycle(tmp_path / "b", two_cycles, monkeypatch, stage=1, grow=0)
+    _, meta = load_checkpoint(hold.path)
+    assert hold.layers == 1 and meta["frozen"] == [False] and meta["growth"] is None
+    _, refine = untrained_cycle(tmp_path / "c", two_cycles, monkeypatch, stage=5, grow=1)
+    _, meta = load_checkpoint(refine.path)
+    assert meta["frozen"] == [False, False] and meta["n_trainable"] is None  # unfreeze_all
+
+
+def test_activation_cache_in_a_greedy_cycle(tmp_path: Path, two_cycles) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(two_cycles["ws"], ws)
+    settings = make_settings(activation_cache=True, steps_per_cycle=3)
+    info = CheckpointInfo(checkpoint_file(ws, 1), two_cycles["info1"].sha256, 1, 1)
+    result = ProgressiveTrainer().train(
+        context(ws, two_cycles["store"], settings, 2, info, Recorder())
+    )
+    m1, _ = load_checkpoint(info.path)
+    m2, meta = load_checkpoint(result.path)
+    assert meta["frozen"] == [True, False]
+    assert torch.equal(m1.blocks[0].mlp.fc.weight, m2.blocks[0].mlp.fc.weight)
+    assert math.isfinite(result.metrics["train_loss"])
 
 
 def test_prompt_frame() -> None:

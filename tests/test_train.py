@@ -1,5 +1,7 @@
-"""The training loop: it learns, it is reproducible, it never applies a non-finite step, and
-the schedule and parameter groups are what the docstring says."""
+"""The training loop: it learns, it is reproducible (resumed runs and accumulated batches
+included), it never applies a non-finite step and rolls back after repeated ones, the
+activation cache changes nothing but the cost, and the schedule and parameter groups are what
+the docstring says."""
 
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ from typing import Any
 import pytest
 import torch
 
+from dte_aar.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
 from dte_aar.config import TrainSettings
+from dte_aar.losses import Objective, identity_anchor, token_weights
 from dte_aar.model import GrowingTransformer, ModelConfig
 from dte_aar.tokens import PackedTokens
-from dte_aar.train import configure_optimizer, lr_at, resolve_device, train
+from dte_aar.train import PrefixCache, configure_optimizer, lr_at, resolve_device, train
 
 CFG = ModelConfig(vocab_size=40, d_model=32, n_heads=2, d_ff=64, seq_len=16, n_layers=2)
 SETTINGS = TrainSettings(batch_size=8, lr=1e-2, warmup_steps=3, seq_len=16)
@@ -86,30 +90,160 @@ def test_frozen_prefix_is_untouched_by_training(data: PackedTokens) -> None:
     assert any(n.startswith("blocks.1.") for n, p in m.named_parameters() if p.requires_grad)
 
 
-def test_non_finite_loss_skips_the_step(data: PackedTokens, monkeypatch) -> None:
-    m = model()
+def nan_on_calls(monkeypatch, m: GrowingTransformer, calls: set[int]) -> dict[str, Any]:
+    """Make the forward pass return NaN logits on the given (1-based) calls."""
     real_forward = m.forward
-    calls = {"n": 0}
-    snapshot: dict[str, torch.Tensor] = {}
+    seen: dict[str, Any] = {"n": 0, "params": {}}
 
-    def flaky(idx: torch.Tensor, targets: torch.Tensor | None = None):
-        calls["n"] += 1
-        logits, loss = real_forward(idx, targets)
-        if calls["n"] == 3:
-            snapshot.update({n: p.detach().clone() for n, p in m.named_parameters()})
-            return logits, loss * float("nan")
-        if calls["n"] == 4:  # nothing was applied by the NaN step
-            for n, p in m.named_parameters():
-                assert torch.equal(p, snapshot[n]), n
-        return logits, loss
+    def flaky(idx: torch.Tensor, *args: Any, **kwargs: Any):
+        seen["n"] += 1
+        seen["params"][seen["n"]] = {n: p.detach().clone() for n, p in m.named_parameters()}
+        logits, loss, *rest = real_forward(idx, *args, **kwargs)
+        if seen["n"] in calls:
+            logits = logits * float("nan")
+        return (logits, loss, *rest)
 
     monkeypatch.setattr(m, "forward", flaky)
+    return seen
+
+
+def test_non_finite_loss_skips_the_step(data: PackedTokens, monkeypatch) -> None:
+    m = model()
+    seen = nan_on_calls(monkeypatch, m, {3})
     rec = Recorder()
     stats = train(m, data, 5, SETTINGS, seed=0, log_metric=rec.log)
-    assert calls["n"] == 5
-    assert stats["skipped_steps"] == 1 and math.isfinite(stats["train_loss"])
+    assert seen["n"] == 5
+    for name, p in seen["params"][3].items():  # nothing was applied by the NaN step
+        assert torch.equal(p, seen["params"][4][name]), name
+    assert stats["skipped_steps"] == 1 and stats["rollbacks"] == 0
+    assert math.isfinite(stats["train_loss"])
     assert len(rec.values("train_loss")) == 4 and rec.values("skipped_step") == [1.0]
     assert all(p.grad is None for p in m.parameters())
+
+
+def test_repeated_nans_roll_back_with_half_the_learning_rate(data, monkeypatch) -> None:
+    m = model()
+    seen = nan_on_calls(monkeypatch, m, {3, 4, 5})  # steps 2, 3, 4: three in a row
+    rec = Recorder()
+    cfg = SETTINGS.model_copy(update={"nan_rollback_after": 3})
+    stats = train(m, data, 8, cfg, seed=0, log_metric=rec.log)
+    assert stats["skipped_steps"] == 3 and stats["rollbacks"] == 1
+    assert [(v, s) for n, v, s in rec.metrics if n == "nan_rollback"] == [(0.5, 4)]
+    # Restored to the last good snapshot: the state the phase started from.
+    for name, p in seen["params"][1].items():
+        assert torch.equal(p, seen["params"][6][name]), name
+    lrs = dict((s, v) for n, v, s in rec.metrics if n == "lr")
+    assert lrs[4] == pytest.approx(lr_at(4, 8, cfg))
+    assert [lrs[s] for s in (5, 6, 7)] == pytest.approx([lr_at(s, 8, cfg) / 2 for s in (5, 6, 7)])
+    assert math.isfinite(stats["train_loss"])
+
+
+def objective(m: GrowingTransformer, data: PackedTokens) -> Objective:
+    """Every term on, with self-reference ids that occur in the counting stream."""
+    self_ids = [3, 4, 5]
+    anchor, self_anchor = identity_anchor(m, data.memmap()[:200], self_ids)
+    return Objective(
+        token_weights=token_weights(CFG.vocab_size, self_ids, 1.2),
+        self_ids=torch.tensor(self_ids),
+        anchor=anchor,
+        self_anchor=self_anchor,
+        identity=0.1,
+        persona=0.05,
+        coherence=0.05,
+    )
+
+
+def test_all_terms_are_logged_and_returned(data: PackedTokens) -> None:
+    m = model()
+    rec = Recorder()
+    stats = train(m, data, 3, SETTINGS, seed=0, log_metric=rec.log, objective=objective(m, data))
+    for term in ("ce", "identity", "persona", "coherence"):
+        assert len(rec.values(f"loss_{term}")) == 3 and math.isfinite(stats[f"loss_{term}"])
+    ce, total = rec.values("loss_ce"), rec.values("train_loss")
+    assert all(t > c for t, c in zip(total, ce, strict=True))  # the auxiliary terms add
+
+
+def test_gradient_accumulation_equals_the_big_batch(data: PackedTokens) -> None:
+    """Same gradients, so the same weights. SGD, not AdamW: Adam divides by sqrt(v), which
+    blows float rounding up to lr-sized steps where the true gradient is ~0 (a key's bias,
+    which softmax ignores), so weights would differ by more than the gradients do."""
+
+    def run(micro: int | None) -> GrowingTransformer:
+        m = model()
+        cfg = SETTINGS.model_copy(update={"micro_batch_size": micro})
+        sgd = torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=0.9)
+        train(m, data, 4, cfg, seed=2, optimizer=sgd, objective=objective(m, data))
+        return m
+
+    big, small = run(None), run(2)
+    for (name, a), b in zip(big.state_dict().items(), small.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_micro_batch_must_divide_the_batch(data: PackedTokens) -> None:
+    with pytest.raises(ValueError, match="micro-batches"):
+        train(model(), data, 1, SETTINGS.model_copy(update={"micro_batch_size": 3}), seed=0)
+
+
+def test_a_resumed_run_continues_as_the_uninterrupted_one(data, tmp_path: Path) -> None:
+    full = model()
+    rec_full = Recorder()
+    train(
+        full, data, 10, SETTINGS, seed=3, log_metric=rec_full.log, objective=objective(full, data)
+    )
+
+    part = model()
+    obj = objective(part, data)
+    opt = configure_optimizer(part, SETTINGS)
+    train(part, data, 10, SETTINGS, seed=3, optimizer=opt, objective=obj, stop_step=5)
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, part, {"step": 5}, opt)
+    resumed, meta = load_checkpoint(path)
+    opt = configure_optimizer(resumed, SETTINGS)
+    assert load_optimizer_state(path, resumed, opt) == len(list(resumed.parameters()))
+    rec = Recorder()
+    train(resumed, data, 10, SETTINGS, seed=3, log_metric=rec.log, optimizer=opt, objective=obj,
+          start_step=meta["step"])  # fmt: skip
+    assert [s for n, _, s in rec.metrics if n == "train_loss"] == list(range(5, 10))
+    assert rec.values("train_loss") == pytest.approx(rec_full.values("train_loss")[5:], abs=1e-6)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_activation_cache_trains_as_recomputing_the_prefix(data, monkeypatch) -> None:
+    """The cached prefix is what the frozen blocks compute: reusing it changes nothing."""
+    cfg = SETTINGS.model_copy(update={"activation_cache": True})
+
+    def run(recompute: bool) -> tuple[list[float], GrowingTransformer, int]:
+        m = model()
+        m.set_trainable(1)
+        calls = {"n": 0}
+        real_prefix = m.frozen_prefix
+
+        def counting(idx: torch.Tensor) -> torch.Tensor:
+            calls["n"] += 1
+            return real_prefix(idx)
+
+        monkeypatch.setattr(m, "frozen_prefix", counting)
+        if recompute:  # same windows, but the forward recomputes the frozen blocks
+            real_batch = PrefixCache.batch
+            monkeypatch.setattr(
+                PrefixCache, "batch", lambda self, rng, b: (*real_batch(self, rng, b)[:2], None)
+            )
+        rec = Recorder()
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        train(m, data, 6, cfg, seed=4, log_metric=rec.log)
+        monkeypatch.undo()
+        for name, p in m.named_parameters():
+            assert torch.equal(p, before[name]) != p.requires_grad, name
+        return rec.values("train_loss"), m, calls["n"]
+
+    cached, m1, n_prefix = run(recompute=False)
+    recomputed, m2, _ = run(recompute=True)
+    windows = (len(data) - 1) // 16
+    assert n_prefix == math.ceil(windows / SETTINGS.batch_size)  # once per window, in chunks
+    assert cached == pytest.approx(recomputed, abs=1e-6)
+    torch.testing.assert_close(m1.head.weight, m2.head.weight, rtol=0, atol=1e-6)
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
