@@ -9,6 +9,10 @@ import pytest
 
 from helpers import FAST_CONFIG
 
+# Tiny models run fastest on one thread, and every process of a test (module fixtures and
+# the `dte` subprocesses included) must use the same count for bit-identical results.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -16,7 +20,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("DTE_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is fastest
 
 
 @pytest.fixture
