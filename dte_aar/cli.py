@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -77,10 +78,20 @@ def manager() -> PluginManager:
     return root.obj["manager"]
 
 
+# Commands whose modules import torch or a web stack: imported only when invoked.
+LAZY_COMMANDS = {
+    "serve": "dte_aar.serve:serve_command",
+    "finetune": "dte_aar.finetune:finetune_command",
+}
+
+
 class DteGroup(click.Group):
     """Resolves plugin-added commands by loading plugins only when a name is not built in."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            module, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
         command = super().get_command(ctx, cmd_name)
         if command is None and ctx.parent is None:
             with ctx.scope(cleanup=False):
@@ -92,7 +103,7 @@ class DteGroup(click.Group):
         if ctx.parent is None:
             with ctx.scope(cleanup=False):
                 manager()
-        return super().list_commands(ctx)
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
 
 @click.group(cls=DteGroup, context_settings={"help_option_names": ["-h", "--help"]})
