@@ -162,6 +162,9 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path) -> None:
         stdin=subprocess.DEVNULL,
         env=env,
         text=True,
+        # As at a terminal: a shell running tests in the background hands its children an
+        # ignored SIGINT, which Python then keeps ignoring.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for(ws, "select 1 from cycles where n = 1 and phase_train = 'running'", proc)
     proc.send_signal(signal.SIGINT)
