@@ -113,7 +113,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         checkpoint = workspace(root)
-        limits = ServeLimits(max_concurrent=max(levels), max_tokens=max_tokens)
+        limits = ServeLimits(max_concurrent=max([*levels, 4]), max_tokens=max_tokens)
         with running_server(create_app(root, checkpoint, limits=limits)) as url:
             asyncio.run(level(url, 4, 2, max_tokens))  # warm-up: threads, kernels, shapes
             print(
