@@ -4,6 +4,7 @@ fine-tuning tests share one ~5 s build."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -59,7 +60,13 @@ def tiny_workspace(dest: Path) -> Path:
         import tempfile
 
         base = Path(tempfile.mkdtemp(prefix="dte-tiny-"))
-        atexit.register(shutil.rmtree, base, True)
+        owner = os.getpid()
+
+        def cleanup() -> None:  # forked children (DDP ranks) inherit atexit: not theirs
+            if os.getpid() == owner:
+                shutil.rmtree(base, True)
+
+        atexit.register(cleanup)
         ws = base / "ws"
         ws.mkdir()
         (ws / "dte.toml").write_text(TINY_CONFIG)
