@@ -463,6 +463,22 @@ def create_app(
         done = sum(c.tokens for c in completions)
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
+    async def start(
+        model_id: str, prompts: list[str], params: Any, seed_list: list[int], stream: bool
+    ) -> tuple[Any, list[Completion], Callable[[], None]]:
+        """Take a request slot and load the agent; without streaming, run the batch now.
+        The slot is released here unless a stream still needs it (the stream releases it)."""
+        release = slots.take()
+        try:
+            agent = await anyio.to_thread.run_sync(registry.agent, model_id)
+            results = [] if stream else await run_batch(agent, prompts, params, seed_list)
+        except BaseException:
+            release()
+            raise
+        if not stream:
+            release()
+        return agent, results, release
+
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
         model_id = registry.resolve(req.model)
@@ -473,7 +489,6 @@ def create_app(
         max_tokens = req.max_completion_tokens or req.max_tokens
         params = sampling(req, max_tokens, limits.default_max_tokens, stop_sequences())
         prompts, seed_list = [prompt] * req.n, seeds(req, 1)
-        release = slots.take()
         reply_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         head = {
             "id": reply_id,
@@ -481,15 +496,8 @@ def create_app(
             "model": model_id,
             "system_fingerprint": fingerprint,
         }
-        try:
-            agent = await anyio.to_thread.run_sync(registry.agent, model_id)
-            if not req.stream:
-                completions = await run_batch(agent, prompts, params, seed_list)
-        except BaseException:
-            release()
-            raise
+        agent, completions, release = await start(model_id, prompts, params, seed_list, req.stream)
         if not req.stream:
-            release()
             choices = [
                 {
                     "index": i,
@@ -565,7 +573,6 @@ def create_app(
         params = sampling(req, req.max_tokens, 16)
         prompts = [t for t in texts for _ in range(req.n)]
         seed_list = seeds(req, len(texts))
-        release = slots.take()
         reply_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         head = {
             "id": reply_id,
@@ -574,15 +581,8 @@ def create_app(
             "model": model_id,
             "system_fingerprint": fingerprint,
         }
-        try:
-            agent = await anyio.to_thread.run_sync(registry.agent, model_id)
-            if not req.stream:
-                results = await run_batch(agent, prompts, params, seed_list)
-        except BaseException:
-            release()
-            raise
+        agent, results, release = await start(model_id, prompts, params, seed_list, req.stream)
         if not req.stream:
-            release()
             choices = [
                 {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
                 for i, c in enumerate(results)
