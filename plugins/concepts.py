@@ -1,0 +1,1 @@
+"""Placeholder: the concepts milestone evaluator is being written."""

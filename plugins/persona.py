@@ -1,0 +1,1 @@
+"""Placeholder: the persona milestone evaluator is being written."""

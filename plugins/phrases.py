@@ -1,0 +1,1 @@
+"""Placeholder: the phrases milestone evaluator is being written."""

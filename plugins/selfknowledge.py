@@ -1,0 +1,1 @@
+"""Placeholder: the selfknowledge milestone evaluator is being written."""
