@@ -82,6 +82,7 @@ def manager() -> PluginManager:
 LAZY_COMMANDS = {
     "serve": "dte_aar.serve:serve_command",
     "finetune": "dte_aar.finetune:finetune_command",
+    "daemon": "dte_aar.daemon_cli:daemon",
 }
 
 

@@ -132,6 +132,16 @@ class GenerateSettings(_Section):
     )
 
 
+class DaemonSettings(_Section):
+    """How `dte daemon` retries, listens and logs."""
+
+    retry_initial_s: float = Field(5.0, gt=0, description="wait after a failed cycle")
+    retry_max_s: float = Field(600.0, gt=0, description="cap on the doubling wait")
+    poll_interval_s: float = Field(1.0, gt=0, description="how often control requests are read")
+    log_max_bytes: int = Field(10_000_000, ge=1_000, description="rotate daemon.log at this size")
+    log_backups: int = Field(5, ge=1, description="rotated logs kept")
+
+
 class Settings(BaseSettings):
     """Everything a workspace can set. Unknown keys in dte.toml are errors, not silence."""
 
@@ -159,6 +169,7 @@ class Settings(BaseSettings):
     )
     train: TrainSettings = Field(default_factory=TrainSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     stages: list[StageSettings] = Field(
         default_factory=default_stages, description="stages of growth, in order"
     )

@@ -9,6 +9,10 @@ begins, so a run stopped anywhere (Ctrl-C, kill -9) resumes at the first phase n
 - checkpoint: the file's sha256 must still match what train recorded before it is registered
   as good, so a torn or altered file is never taken for a good one.
 
+A stop request (``should_stop``, the daemon's SIGTERM or `dte daemon stop`) is honoured between
+phases, between candidates and verdicts, and by the trainer between steps (it saves a partial
+checkpoint): the phase is marked ``stopped`` and the run ends with status ``stopped``.
+
 The cycle knows plugins only through the hooks (:mod:`dte_aar.plugins`).
 """
 
@@ -34,6 +38,7 @@ from dte_aar.hookspecs import (
     CycleContext,
     Event,
     GenerationRequest,
+    Stopped,
     TrainResult,
 )
 from dte_aar.plugins import PluginManager
@@ -145,8 +150,10 @@ class Cycle:
         arena: Arena,
         progress: Progress | None = None,
         say: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
+        self.should_stop = should_stop or (lambda: False)
         self.workspace = Path(workspace)
         self.store = store
         self.manager = manager
@@ -162,13 +169,9 @@ class Cycle:
 
     # ------------------------------------------------------------------ run
     def run(self, cycles: int) -> list[CycleOutcome]:
-        """Run ``cycles`` cycles (finishing an interrupted one first counts as one)."""
-        settings_json = self.settings.model_dump(mode="json")
-        self.run_id = self.store.start_run(self.arena.name, self.settings.preset, settings_json)
-        self.event("run_started", data={"cycles": cycles})
-        added = self.store.add_samples(seed_rows(self.arena, self.settings))
-        if added:
-            self.event("seed_loaded", data={"samples": added})
+        """Run ``cycles`` cycles (finishing an interrupted one first counts as one); a stop
+        request ends the run early with status ``stopped``."""
+        self.begin(cycles)
         outcomes: list[CycleOutcome] = []
         status = "failed"
         try:
@@ -182,10 +185,27 @@ class Cycle:
             status = "interrupted"
             self.event("run_interrupted")
             raise
+        except Stopped as exc:
+            status = "stopped"
+            self.say(f"stopped: {exc}")
         finally:
-            self.store.end_run(self.run_id, status)
-            self.event("run_ended", data={"status": status})
+            self.finish(status)
         return outcomes
+
+    def begin(self, cycles: int | None) -> int:
+        """Open a run row and load the seed (once per workspace); return the run id."""
+        settings_json = self.settings.model_dump(mode="json")
+        self.run_id = self.store.start_run(self.arena.name, self.settings.preset, settings_json)
+        self.event("run_started", data={"cycles": cycles})
+        added = self.store.add_samples(seed_rows(self.arena, self.settings))
+        if added:
+            self.event("seed_loaded", data={"samples": added})
+        return self.run_id
+
+    def finish(self, status: str) -> None:
+        if self.run_id is not None:
+            self.store.end_run(self.run_id, status)
+        self.event("run_ended", data={"status": status})
 
     def next_cycle(self) -> int:
         last = self.store.last_cycle()
@@ -263,12 +283,18 @@ class Cycle:
         for phase in PHASES:
             if row.get(f"phase_{phase}") == "done":
                 continue
+            if self.should_stop():
+                raise Stopped(f"cycle {n}: stop requested before {phase}")
             self.store.set_phase(n, phase, "running")
             self.event("phase_started", n, phase)
             self._phase_now = phase
             try:
                 detail = getattr(self, f"_{phase}")(ctx, outcome) or {}
             except _Retrain:
+                raise
+            except Stopped as exc:
+                self.store.set_phase(n, phase, "stopped")
+                self.event("phase_stopped", n, phase, {"reason": str(exc)})
                 raise
             except BaseException as exc:
                 self.store.set_phase(n, phase, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -305,6 +331,7 @@ class Cycle:
             progress=self.progress,
             log_metric=log_metric,
             plugin_config=lambda name: dict(self.settings.plugins.get(name, {})),
+            should_stop=self.should_stop,
         )
 
     # ------------------------------------------------------------------ phases
@@ -332,6 +359,10 @@ class Cycle:
                         written += 1
                         self.event("sample", ctx.cycle, "generate", {"id": sample_id})
                     task.advance(1)
+                    if self.should_stop():
+                        raise Stopped(f"cycle {ctx.cycle}: stopped after {written} samples")
+            except Stopped:
+                raise
             except Exception as exc:  # a crashed generator costs its own slots only
                 self.plugin_failed(ctx.cycle, "generate", generator.name, exc)
             finally:
@@ -374,6 +405,10 @@ class Cycle:
                         verdict.reason,
                     )
                     task.advance(1)
+                    if self.should_stop():
+                        raise Stopped(f"cycle {ctx.cycle}: stopped while {curator.name} judged")
+            except Stopped:
+                raise
             except Exception as exc:
                 self.plugin_failed(ctx.cycle, "curate", curator.name, exc)
             finally:

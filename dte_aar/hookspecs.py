@@ -28,6 +28,11 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+class Stopped(Exception):
+    """Raised where work ends early because ``ctx.should_stop()`` said so (a daemon's SIGTERM
+    or stop request). The phase is left resumable; nothing already written is lost."""
+
+
 # --------------------------------------------------------------------------- values
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -107,6 +112,9 @@ class CycleContext:
     plugin_config: Callable[[str], dict[str, Any]]
     stage: int = 1  # 1-based index into settings.stages, decided by the cycle
     grow: int = 1  # blocks the trainer adds this cycle (0: a stage gate holds the depth)
+    # True once the run should end early: long loops ask it between units of work (a training
+    # step, a candidate), save what they must and raise Stopped.
+    should_stop: Callable[[], bool] = lambda: False
 
     @property
     def stage_settings(self) -> StageSettings:

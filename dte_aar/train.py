@@ -9,6 +9,10 @@
    ``nan_rollback_after`` of those in a row restore the last good snapshot with the LR halved;
 5. AdamW step (fused on CUDA) at the warmup + cosine learning rate.
 
+A ``should_stop`` callable, asked after every step, ends the loop early (a daemon's SIGTERM);
+the :class:`TrainState` passed in says how far it got and carries the running statistics, so
+the caller can checkpoint and a later call with ``start_step=state.step`` continues exactly.
+
 bf16 autocast and (optionally) ``torch.compile`` on CUDA only; on CPU a run is reproducible
 bit for bit. With ``activation_cache`` and a frozen prefix, the prefix's output is computed
 once for a fixed set of windows (:class:`PrefixCache`) and batches are drawn from those.
@@ -21,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,6 +90,27 @@ def micro_batching(batch_size: int, micro_batch_size: int | None, world: int) ->
     if local % micro:
         raise ValueError(f"{local} sequences per rank do not split into micro-batches of {micro}")
     return micro, local // micro
+
+
+@dataclass
+class TrainState:
+    """Where a (possibly stopped) training phase stands: the next step to run and the
+    running numbers a continuation needs to report and behave as if never stopped."""
+
+    step: int = 0
+    ema: dict[str, float] = field(default_factory=dict)
+    n_ema: int = 0
+    lr_scale: float = 1.0
+    skipped: int = 0
+    rollbacks: int = 0
+    tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainState:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 class PrefixCache:
@@ -172,6 +198,8 @@ def train(
     objective: Objective | None = None,
     start_step: int = 0,
     stop_step: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    state: TrainState | None = None,
 ) -> dict[str, float]:
     """Train ``model`` (on its device) for steps ``start_step`` up to ``stop_step`` (default
     ``steps``) of a ``steps``-step schedule, on random windows of ``data``.
@@ -180,7 +208,11 @@ def train(
     ``objective`` is the loss (plain cross-entropy by default). Under torchrun the model is
     wrapped in DDP here (an FSDP-sharded one is used as is). Returns train_loss (smoothed
     total), last_loss, one smoothed value per active term (loss_ce, ...), tokens_per_s,
-    tokens, skipped_steps and rollbacks.
+    tokens, skipped_steps and rollbacks; and ``stopped_at_step`` when ``should_stop`` ended it.
+
+    ``state`` (updated in place) carries the running statistics across a stop: pass the one a
+    stopped call left, with ``start_step=state.step``. When ``should_stop()`` turns true the
+    loop ends after the current step; ``state.step < stop_step`` then tells the caller.
     """
     device = next(model.parameters()).device
     seq_len = cfg.seq_len or model.config.seq_len
@@ -203,17 +235,18 @@ def train(
     module = torch.compile(ddp) if cfg.compile and device.type == "cuda" else ddp
     cache = None
     if cfg.activation_cache and model.n_frozen_blocks and not distributed.is_sharded(model):
-        budget = (stop_step - start_step) * cfg.batch_size
+        budget = steps * cfg.batch_size  # the whole schedule's: a resumed phase draws alike
         cache = PrefixCache(model, data, seq_len, budget, seed, micro, autocast)
     snapshot = Snapshot(model, optimizer)
 
     model.train()
-    ema = {name: 0.0 for name in ("total", *active)}
-    n_ema = 0
+    state = state if state is not None else TrainState(step=start_step)
+    ema = {name: state.ema.get(name, 0.0) for name in ("total", *active)}
+    n_ema = state.n_ema
     last_loss = float("nan")
-    skipped = bad_in_a_row = rollbacks = 0
-    lr_scale = 1.0
-    tokens = 0
+    skipped, rollbacks, lr_scale = state.skipped, state.rollbacks, state.lr_scale
+    bad_in_a_row = 0
+    tokens = tokens_at_start = state.tokens
     t_start = time.perf_counter()
     for step in range(start_step, stop_step):
         t0 = time.perf_counter()
@@ -286,7 +319,13 @@ def train(
         if progress_task is not None:
             smoothed = ema["total"] / (1 - EMA_BETA**n_ema) if n_ema else float("nan")
             progress_task.advance(1, loss=smoothed, tok_s=round(tok_s))
+        state.step, state.ema, state.n_ema = step + 1, dict(ema), n_ema
+        state.lr_scale, state.skipped, state.rollbacks = lr_scale, skipped, rollbacks
+        state.tokens = tokens
+        if should_stop is not None and step + 1 < stop_step and should_stop():
+            break
 
+    early = {"stopped_at_step": float(state.step)} if state.step < stop_step else {}
     elapsed = max(time.perf_counter() - t_start, 1e-9)
     debias = 1 - EMA_BETA**n_ema if n_ema else float("nan")
     stats = {f"loss_{name}": ema[name] / debias for name in active}
@@ -294,8 +333,9 @@ def train(
         "train_loss": ema["total"] / debias,
         **stats,
         "last_loss": last_loss,
-        "tokens_per_s": tokens / elapsed,
+        "tokens_per_s": (tokens - tokens_at_start) / elapsed,
         "tokens": float(tokens),
         "skipped_steps": float(skipped),
         "rollbacks": float(rollbacks),
+        **early,
     }

@@ -16,6 +16,14 @@ when the top 4 train together (the joint phase). A cycle that holds the depth (`
 stage gate, or refinement) trains end to end, as does a stage with ``unfreeze_all``.
 ``none`` trains everything, always.
 
+Stopping early (``ctx.should_stop()``, e.g. a daemon's SIGTERM): the step under way finishes,
+the weights, optimizer state and loop state go to a *partial* checkpoint
+(``checkpoints/partial/``) and :class:`~dte_aar.hookspecs.Stopped` is raised. The next attempt
+at the same cycle rebuilds the model exactly as before (same base checkpoint, growth and
+objective), lays the partial weights over it and continues from the step after; since batches
+and the learning rate depend on the step alone, the result is the uninterrupted one. A partial
+made from another base, corpus or step count is ignored.
+
 Under ``dte train --nproc N`` (see :mod:`dte_aar.distributed`) every rank runs this; rank 0
 alone writes the tokenizer, the token files and the checkpoint.
 """
@@ -26,6 +34,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +52,7 @@ from dte_aar.checkpoint import (
     save_checkpoint,
 )
 from dte_aar.embeddings import cooccurrence_factors, word2vec_embeddings
-from dte_aar.hookspecs import CycleContext, PluginConfig, TrainResult, hookimpl
+from dte_aar.hookspecs import CycleContext, PluginConfig, Stopped, TrainResult, hookimpl
 from dte_aar.losses import ANCHOR_WINDOWS, Objective, identity_anchor, token_weights
 from dte_aar.model import PRESETS, GrowingTransformer, ModelConfig
 from dte_aar.tokenizer import (
@@ -55,7 +64,7 @@ from dte_aar.tokenizer import (
     train_tokenizer,
 )
 from dte_aar.tokens import PackedTokens
-from dte_aar.train import configure_optimizer, resolve_device, train
+from dte_aar.train import TrainState, configure_optimizer, resolve_device, train
 
 SPLITS = ("train", "heldout")
 JOINT_EVERY = 4  # greedy schedule: at every 4th layer the top 4 blocks train together
@@ -109,7 +118,15 @@ class ProgressiveTrainer:
             optimizer = distributed.shard(model, optimizer, lambda m: configure_optimizer(m, cfg))
 
         steps = cfg.steps_per_cycle
+        partial = partial_file(ctx.workspace, ctx.cycle)
+        stamp = _partial_stamp(ctx, steps, len(packed["train"]))
+        state = _resume_partial(partial, stamp, model, optimizer) if not fsdp else None
+        state = state or TrainState()
+        if state.step:
+            ctx.log_metric("resumed_at_step", float(state.step), state.step)
         task = ctx.progress.task("training", total=steps)
+        task.advance(state.step)
+        single = distributed.world()[1] == 1  # a stop under torchrun is not coordinated
         try:
             stats = train(
                 model,
@@ -121,9 +138,16 @@ class ProgressiveTrainer:
                 log_metric=ctx.log_metric,
                 optimizer=optimizer,
                 objective=objective,
+                start_step=state.step,
+                should_stop=ctx.should_stop if single else None,
+                state=state,
             )
         finally:
             task.close()
+        if stats.pop("stopped_at_step", None) is not None:
+            save_checkpoint(partial, model, {"partial": stamp, "train_state": state.to_json()},
+                            optimizer)  # fmt: skip
+            raise Stopped(f"training stopped at step {state.step} of {steps}; saved {partial}")
         if fsdp:  # full weights and optimizer state on rank 0, to write the checkpoint
             whole = distributed.gather(
                 model,
@@ -150,6 +174,7 @@ class ProgressiveTrainer:
         }
         if distributed.is_main():
             save_checkpoint(path, model, meta, optimizer)
+            _remove_partial(partial)
         metrics = {
             **stats,
             "trainable_params": float(model.num_params(trainable_only=True)),
@@ -278,6 +303,50 @@ class ProgressiveTrainer:
             self_anchor=self_anchor,
             **weights,
         )
+
+
+def partial_file(workspace: Path, cycle: int) -> Path:
+    """Where a stopped training phase keeps its weights until the cycle trains again."""
+    path = checkpoint_file(workspace, cycle)
+    return path.parent / "partial" / path.name
+
+
+def _partial_stamp(ctx: CycleContext, steps: int, train_tokens: int) -> dict[str, Any]:
+    """What a partial must have been made from to be continued: the same base checkpoint,
+    growth, schedule length and training data."""
+    return {
+        "cycle": ctx.cycle,
+        "base": ctx.checkpoint.sha256 if ctx.checkpoint else None,
+        "grow": ctx.grow,
+        "stage": ctx.stage,
+        "steps": steps,
+        "train_tokens": train_tokens,
+        "seed": ctx.seed,
+    }
+
+
+def _resume_partial(
+    path: Path, stamp: dict[str, Any], model: GrowingTransformer, optimizer: Any
+) -> TrainState | None:
+    """Lay a matching partial checkpoint's weights and optimizer state over ``model``;
+    None (and the partial removed) when there is none or it does not match."""
+    if not path.exists():
+        return None
+    try:
+        saved, meta = load_checkpoint(path)
+        if meta.get("partial") != stamp:
+            raise CheckpointError(f"{path}: made from another base or corpus")
+        model.load_state_dict(saved.state_dict())
+        load_optimizer_state(path, model, optimizer)
+    except CheckpointError:
+        _remove_partial(path)
+        return None
+    return TrainState.from_json(meta.get("train_state", {}))
+
+
+def _remove_partial(path: Path) -> None:
+    for file in path.parent.glob(f"{path.stem}.*"):
+        file.unlink(missing_ok=True)
 
 
 def _plain_model(

@@ -17,7 +17,14 @@ from dte_aar.config import TrainSettings
 from dte_aar.losses import Objective, identity_anchor, token_weights
 from dte_aar.model import GrowingTransformer, ModelConfig
 from dte_aar.tokens import PackedTokens
-from dte_aar.train import PrefixCache, configure_optimizer, lr_at, resolve_device, train
+from dte_aar.train import (
+    PrefixCache,
+    TrainState,
+    configure_optimizer,
+    lr_at,
+    resolve_device,
+    train,
+)
 
 CFG = ModelConfig(vocab_size=40, d_model=32, n_heads=2, d_ff=64, seq_len=16, n_layers=2)
 SETTINGS = TrainSettings(batch_size=8, lr=1e-2, warmup_steps=3, seq_len=16)
@@ -207,6 +214,32 @@ def test_a_resumed_run_continues_as_the_uninterrupted_one(data, tmp_path: Path) 
     assert [s for n, _, s in rec.metrics if n == "train_loss"] == list(range(5, 10))
     assert rec.values("train_loss") == pytest.approx(rec_full.values("train_loss")[5:], abs=1e-6)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_stop_request_ends_after_the_step_and_the_state_continues_exactly(data) -> None:
+    """should_stop ends the loop after the step under way; the TrainState it leaves, passed
+    back with start_step, gives the uninterrupted run's weights and reported loss."""
+    full = model()
+    stats_full = train(full, data, 10, SETTINGS, seed=3, objective=objective(full, data))
+
+    part = model()
+    obj, opt = objective(part, data), configure_optimizer(part, SETTINGS)
+    asked: list[int] = []
+    state = TrainState()
+
+    def stop_after_four() -> bool:
+        asked.append(1)
+        return len(asked) >= 4
+
+    stats = train(part, data, 10, SETTINGS, seed=3, optimizer=opt, objective=obj,
+                  should_stop=stop_after_four, state=state)  # fmt: skip
+    assert state.step == 4 and stats["stopped_at_step"] == 4.0
+    rest = train(part, data, 10, SETTINGS, seed=3, optimizer=opt, objective=obj,
+                 start_step=state.step, state=state)  # fmt: skip
+    assert "stopped_at_step" not in rest and state.step == 10
+    assert rest["train_loss"] == pytest.approx(stats_full["train_loss"], abs=1e-6)
+    for (name, a), b in zip(full.state_dict().items(), part.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
