@@ -183,12 +183,19 @@ def test_daemon_state(tmp_path: Path) -> None:
     assert daemon_state(7, True, ("pause", "2025-01-01")) == "paused (pid 7)"
     assert daemon_state(7, True, ("resume", "2025-01-01")) == "running (pid 7)"
     assert daemon_state(7, True, ("stop", None)) == "stop requested (pid 7)"
+    assert daemon_state(7, True, None, "retrying") == "retrying a failed cycle (pid 7)"
     (tmp_path / "daemon.pid").write_text("1234\n")
     assert read_pid(tmp_path) == 1234
     (tmp_path / "daemon.pid").write_text('{"pid": 99, "started": "x"}')
     assert read_pid(tmp_path) == 99
     (tmp_path / "daemon.pid").write_text("garbage")
     assert read_pid(tmp_path) is None
+    # what `dte daemon` writes
+    from dte_aar.daemon import DaemonInfo, write_info
+    from dte_aar.tui.queries import read_pid_file
+
+    write_info(tmp_path, DaemonInfo(pid=42, state="retrying", started_at="t", workspace="w"))
+    assert read_pid_file(tmp_path) == (42, "retrying")
 
 
 def test_request_control(store: Path) -> None:

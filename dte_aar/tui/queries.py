@@ -258,20 +258,28 @@ def request_control(workspace: Path, command: str) -> int:
 
 def read_pid(workspace: Path) -> int | None:
     """The daemon's pid from ``<workspace>/daemon.pid`` (a bare number or JSON with "pid")."""
+    return read_pid_file(workspace)[0]
+
+
+def read_pid_file(workspace: Path) -> tuple[int | None, str | None]:
+    """The daemon's pid and its own word for its state ("running", "paused", "retrying"...)
+    from ``<workspace>/daemon.pid``: JSON as `dte daemon` writes it, or a bare number."""
     try:
         text = (Path(workspace) / PID_FILE).read_text(encoding="utf-8").strip()
     except OSError:
-        return None
+        return None, None
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text.split()[0] if text else None
+    state = None
     if isinstance(value, dict):
+        state = value.get("state") if isinstance(value.get("state"), str) else None
         value = value.get("pid")
     try:
-        return int(value) if value is not None else None
+        return (int(value) if value is not None else None), state
     except (TypeError, ValueError):
-        return None
+        return None, None
 
 
 def pid_alive(pid: int) -> bool:
@@ -286,8 +294,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def daemon_state(pid: int | None, alive: bool, control: tuple[str, str | None] | None) -> str:
-    """One phrase for the header from the pid file and the latest control row."""
+def daemon_state(
+    pid: int | None,
+    alive: bool,
+    control: tuple[str, str | None] | None,
+    reported: str | None = None,
+) -> str:
+    """One phrase for the header from the pid file (pid and the daemon's reported state) and
+    the latest control row."""
     command, handled = control if control else (None, None)
     if pid is None or not alive:
         base = "not running" if pid is None else f"not running (stale pid {pid})"
@@ -295,6 +309,8 @@ def daemon_state(pid: int | None, alive: bool, control: tuple[str, str | None] |
             return f"{base}, {command} queued"
         return base
     where = f"pid {pid}"
+    if reported == "retrying":
+        return f"retrying a failed cycle ({where})"
     if command == "pause":
         return f"paused ({where})" if handled else f"pause requested ({where})"
     if command and not handled:
@@ -341,8 +357,8 @@ class Reader:
         store they need a full scan); call again at once for the complete one.
         """
         with self.lock:
-            pid = read_pid(self.workspace)
-            pid_key = (pid, pid is not None and pid_alive(pid))
+            pid, reported = read_pid_file(self.workspace)
+            pid_key = (pid, pid is not None and pid_alive(pid), reported)
             version = self.conn.execute("PRAGMA data_version").fetchone()[0]
             unchanged = version == self._data_version and pid_key == self._pid_key
             if unchanged and not force and self._snapshot.complete:
@@ -356,7 +372,7 @@ class Reader:
             self._data_version, self._pid_key = version, pid_key  # only once read in full
             return snapshot
 
-    def _read(self, pid_key: tuple[int | None, bool]) -> Snapshot:
+    def _read(self, pid_key: tuple[int | None, bool, str | None]) -> Snapshot:
         q = self.conn.execute
         marks = dict(
             zip(
@@ -557,7 +573,7 @@ class Reader:
         cycles: tuple[CycleRow, ...],
         layers: tuple[Layer, ...],
         per_cycle: tuple,
-        pid_key: tuple[int | None, bool],
+        pid_key: tuple[int | None, bool, str | None],
     ) -> Header:
         q = self.conn.execute
         run = q(
@@ -586,7 +602,9 @@ class Reader:
             cycle_status=last.status if last else "-",
             phase=last.phase if last else "-",
             tokens=int(tokens),
-            daemon=daemon_state(pid_key[0], pid_key[1], tuple(control) if control else None),
+            daemon=daemon_state(
+                pid_key[0], pid_key[1], tuple(control) if control else None, pid_key[2]
+            ),
         )
 
     # ------------------------------------------------------------------ samples browser
