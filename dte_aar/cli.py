@@ -83,6 +83,8 @@ LAZY_COMMANDS = {
     "serve": "dte_aar.serve:serve_command",
     "finetune": "dte_aar.finetune:finetune_command",
     "daemon": "dte_aar.daemon_cli:daemon",
+    "plan": "dte_aar.plan_cli:plan_command",
+    "eval": "dte_aar.evaluate:eval_command",
 }
 
 

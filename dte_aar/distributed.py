@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 CONTROL_TIMEOUT = timedelta(days=1)  # the others wait this long for rank 0's next cycle
 _control: dist.ProcessGroup | None = None
 
+FSDP_PRESETS = {"large"}  # sharded across ranks; smaller presets replicate (DDP)
+
 
 # --------------------------------------------------------------------------- who am I
 def world() -> tuple[int, int]:

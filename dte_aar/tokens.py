@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from dte_aar.atomic import atomic_write_text
 from dte_aar.tokenizer import EOT_ID
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 class PackedTokensError(Exception):
@@ -128,3 +133,20 @@ class PackedTokens:
         index = {"dtype": self.dtype.name, "length": self.length, "sample_ids": self._ids}
         atomic_write_text(self.index_path, json.dumps(index))
         return int(tokens.size)
+
+
+def split_documents(tokens: np.ndarray, eot_id: int = EOT_ID) -> list[np.ndarray]:
+    """A packed token array split back into its documents (each ends at end-of-text)."""
+    ends = np.flatnonzero(tokens == eot_id)
+    return [s for s in np.split(np.asarray(tokens), ends + 1) if len(s)]
+
+
+def encode_samples(
+    tok: Tokenizer, samples: Iterable[tuple[int, str]], batch: int = 512
+) -> Iterator[tuple[int, list[int]]]:
+    """(sample_id, token ids) pairs, encoded a batch at a time (tokenizers runs in parallel)."""
+    samples = iter(samples)
+    while chunk := list(islice(samples, batch)):
+        encodings = tok.encode_batch([text for _, text in chunk])
+        for (sample_id, _), enc in zip(chunk, encodings, strict=True):
+            yield sample_id, enc.ids

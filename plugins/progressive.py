@@ -31,9 +31,7 @@ alone writes the tokenizer, the token files and the checkpoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +49,12 @@ from dte_aar.checkpoint import (
     load_optimizer_state,
     save_checkpoint,
 )
+from dte_aar.distributed import FSDP_PRESETS
 from dte_aar.embeddings import cooccurrence_factors, word2vec_embeddings
 from dte_aar.hookspecs import CycleContext, PluginConfig, Stopped, TrainResult, hookimpl
 from dte_aar.losses import ANCHOR_WINDOWS, Objective, identity_anchor, token_weights
 from dte_aar.model import PRESETS, GrowingTransformer, ModelConfig
+from dte_aar.schedule import trainable_top_blocks
 from dte_aar.tokenizer import (
     EOT_ID,
     load_tokenizer,
@@ -63,12 +63,10 @@ from dte_aar.tokenizer import (
     tokenizer_hash,
     train_tokenizer,
 )
-from dte_aar.tokens import PackedTokens
+from dte_aar.tokens import PackedTokens, encode_samples, split_documents
 from dte_aar.train import TrainState, configure_optimizer, resolve_device, train
 
 SPLITS = ("train", "heldout")
-JOINT_EVERY = 4  # greedy schedule: at every 4th layer the top 4 blocks train together
-FSDP_PRESETS = {"large"}  # sharded across ranks; smaller presets replicate (DDP)
 
 
 class ProgressiveConfig(PluginConfig):
@@ -78,17 +76,6 @@ class ProgressiveConfig(PluginConfig):
     n_heads: int | None = Field(None, gt=0)
     d_ff: int | None = Field(None, gt=0)
     target_layers: int | None = Field(None, gt=0)
-
-
-def trainable_top_blocks(
-    freeze: str, layers: int, first_cycle: bool, grew: int, unfreeze_all: bool = False
-) -> int | None:
-    """How many top blocks train this cycle (None: the whole model, embeddings included)."""
-    if freeze == "none" or first_cycle or unfreeze_all or grew == 0:
-        return None
-    if layers // JOINT_EVERY > (layers - grew) // JOINT_EVERY:  # passed a multiple of 4
-        return max(JOINT_EVERY, grew)
-    return grew
 
 
 class ProgressiveTrainer:
@@ -255,7 +242,7 @@ class ProgressiveTrainer:
         for split in SPLITS:
             packed[split] = PackedTokens(tokens_file(ctx.workspace, split), tok.get_vocab_size())
             todo = (s for s in ctx.store.corpus(split) if s[0] not in packed[split])
-            packed[split].append(_encoded(tok, todo))
+            packed[split].append(encode_samples(tok, todo))
         return packed
 
     def _identity_init(
@@ -263,7 +250,7 @@ class ProgressiveTrainer:
     ) -> None:
         """Word2Vec embeddings, the co-occurrence factors and the key bias (first cycle)."""
         cfg = ctx.settings.train
-        sequences = _sequences(data.memmap())
+        sequences = split_documents(data.memmap())
         vocab, d = model.config.vocab_size, model.config.d_model
         with torch.no_grad():
             if cfg.embedding_init == "word2vec":
@@ -359,12 +346,6 @@ def _plain_model(
     return model
 
 
-def _sequences(tokens: np.ndarray) -> list[np.ndarray]:
-    """The packed file split back into its samples (each ends at end-of-text)."""
-    ends = np.flatnonzero(tokens == EOT_ID)
-    return [s for s in np.split(np.asarray(tokens), ends + 1) if len(s)]
-
-
 def _seed_tokens(ctx: CycleContext, tok: Tokenizer, max_tokens: int) -> np.ndarray:
     """The arena's seed examples of the train split, tokenized: what the anchor is made of."""
     s = ctx.settings
@@ -378,15 +359,8 @@ def _seed_tokens(ctx: CycleContext, tok: Tokenizer, max_tokens: int) -> np.ndarr
     return np.asarray(out[:max_tokens], dtype=np.int64)
 
 
-def _encoded(
-    tok: Tokenizer, samples: Iterable[tuple[int, str]], batch: int = 512
-) -> Iterator[tuple[int, list[int]]]:
-    """(sample_id, token ids) pairs, encoded a batch at a time (tokenizers runs in parallel)."""
-    samples = iter(samples)
-    while chunk := list(islice(samples, batch)):
-        encodings = tok.encode_batch([text for _, text in chunk])
-        for (sample_id, _), enc in zip(chunk, encodings, strict=True):
-            yield sample_id, enc.ids
+# Former private names, still imported by `dte ablate` until it moves to the public ones.
+_sequences, _encoded = split_documents, encode_samples
 
 
 @hookimpl

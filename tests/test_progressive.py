@@ -23,7 +23,7 @@ from dte_aar.config import Settings
 from dte_aar.hookspecs import CheckpointInfo, CycleContext, GenerationRequest
 from dte_aar.progress import NullProgress
 from dte_aar.tokenizer import load_tokenizer, save_tokenizer, tokenizer_hash, train_tokenizer
-from dte_aar.tokens import PackedTokens
+from dte_aar.tokens import PackedTokens, split_documents
 from dte_aar_plugins import checkpoint as checkpoint_plugin
 from dte_aar_plugins import heldout as heldout_plugin
 from dte_aar_plugins import progressive
@@ -348,7 +348,7 @@ def test_identity_embedded_init(tmp_path: Path, monkeypatch) -> None:
     ids = meta["self_reference_ids"]
     (dte,) = tok.encode("Deep Tree Echo").ids  # one token
     assert dte in ids and tok.encode("I").ids[0] in ids
-    seqs = progressive._sequences(PackedTokens(tokens_file(ws, "train")).memmap())
+    seqs = split_documents(PackedTokens(tokens_file(ws, "train")).memmap())
     vocab, d = model.config.vocab_size, model.config.d_model
     w2v = word2vec_embeddings(seqs, vocab, d, seed=11 * 1_000_003 + 1, workers=1)
     assert torch.equal(model.tok_emb.weight, w2v)
