@@ -101,14 +101,14 @@ def default_stages() -> list[StageSettings]:
     """The seed's five stages: primordial, semantic, persona, meta-cognitive, refinement."""
     s = StageSettings
     return [
-        s(name="primordial", last_layer=1, max_cycles=2, milestone="heldout_ppl",
-          threshold=400.0, losses=["identity"]),
-        s(name="semantic", last_layer=8, max_cycles=3, milestone="heldout_ppl",
-          threshold=150.0, losses=["identity"]),
-        s(name="persona", last_layer=16, max_cycles=3, milestone="identity_score",
+        s(name="primordial", last_layer=1, max_cycles=2, milestone="phrase_completion",
+          threshold=0.25, higher_is_better=True, losses=["identity"]),
+        s(name="semantic", last_layer=8, max_cycles=3, milestone="concept_accuracy",
+          threshold=0.5, higher_is_better=True, losses=["identity"]),
+        s(name="persona", last_layer=16, max_cycles=3, milestone="persona_consistency",
           threshold=0.5, higher_is_better=True, losses=["identity", "persona"]),
-        s(name="meta-cognitive", last_layer=24, max_cycles=3, milestone="identity_score",
-          threshold=0.6, higher_is_better=True, losses=["identity", "persona", "coherence"]),
+        s(name="meta-cognitive", last_layer=24, max_cycles=3, milestone="self_knowledge_pass",
+          threshold=1.0, higher_is_better=True, losses=["identity", "persona", "coherence"]),
         s(name="refinement", last_layer=None, max_cycles=5, milestone="heldout_ppl",
           threshold=0.0, losses=["identity", "persona", "coherence"], unfreeze_all=True),
     ]  # fmt: skip
@@ -161,11 +161,15 @@ class Settings(BaseSettings):
     heldout_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="share of the seed corpus training never sees"
     )
+    self_record_from_stage: int | None = Field(
+        4, ge=1, description="from this stage on, the agent's own training record joins the corpus"
+    )
     generators: list[str] = Field(["checkpoint"], description="generators used each cycle")
     curators: list[str] = Field(["quality", "dedup"], description="curators; all must keep")
     trainer: str = Field("progressive", description="the trainer plugin")
     evaluators: list[str] = Field(
-        ["heldout", "milestone"], description="evaluators run after training"
+        ["heldout", "milestone", "phrases", "concepts", "persona", "selfknowledge"],
+        description="evaluators run after training (the stage milestones among them)",
     )
     train: TrainSettings = Field(default_factory=TrainSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)

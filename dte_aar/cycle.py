@@ -43,6 +43,7 @@ from dte_aar.hookspecs import (
 )
 from dte_aar.plugins import PluginManager
 from dte_aar.progress import NullProgress, Progress
+from dte_aar.self_record import record_samples, training_record
 from dte_aar.stages import History, StageDecision, decide
 from dte_aar.store import PHASES, Store, now
 
@@ -437,6 +438,7 @@ class Cycle:
 
     def _train(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
         self.store.clear_metrics(ctx.cycle, "train")
+        self.add_self_record(ctx)
         result: TrainResult = self.trainer.train(ctx)
         digest = sha256_file(result.path)
         record = {
@@ -449,6 +451,21 @@ class Cycle:
         for name, value in result.metrics.items():
             ctx.log_metric(name, value, None)
         return record
+
+    def add_self_record(self, ctx: CycleContext) -> int:
+        """From ``self_record_from_stage`` on, the agent's own training record joins the corpus
+        just before training (:mod:`dte_aar.self_record`). Each text describes one cycle and
+        stays true, so they accumulate; each is written once, by origin, so a rerun adds none."""
+        start = self.settings.self_record_from_stage
+        if start is None or ctx.stage < start:
+            return 0
+        record = training_record(self.store, ctx.cycle)
+        rows = record_samples(record, self.arena.identity.name, self.settings.seed)
+        added = self.store.add_samples(rows)
+        ctx.log_metric("self_record_samples", added, None)
+        if added:
+            self.event("self_record", ctx.cycle, "train", {"samples": added})
+        return added
 
     def _train_record(self, n: int) -> dict[str, Any]:
         row = self.store.cycle(n)

@@ -1,5 +1,6 @@
 """Checkpoint retention and recovery from a corrupt checkpoint, through the real CLI."""
 
+import json
 from pathlib import Path
 
 from dte_aar.store import Store
@@ -39,7 +40,11 @@ def test_keeps_last_k_and_best_then_recovers_from_corruption(tmp_path: Path) -> 
     with Store.open(ws, readonly=True) as store:
         statuses = {r["cycle"]: r["status"] for r in store.db["checkpoints"].rows}
         assert statuses[2] == "bad"
-        assert store.cycle(3)["layers"] == 3  # grown from cycle 1's 2-layer checkpoint
+        (data,) = store.db.execute(
+            "select data from events where cycle = 3 and kind like 'stage_%' order by id"
+        ).fetchone()
+        grow = json.loads(data)["grow"]  # grown from cycle 1's checkpoint, not cycle 2's
+        assert store.cycle(3)["layers"] == store.cycle(1)["layers"] + grow
         assert store.latest_checkpoint().cycle == 3
 
 
