@@ -85,6 +85,7 @@ LAZY_COMMANDS = {
     "daemon": "dte_aar.daemon_cli:daemon",
     "plan": "dte_aar.plan_cli:plan_command",
     "eval": "dte_aar.evaluate:eval_command",
+    "ablate": "dte_aar.ablate:ablate_command",
 }
 
 

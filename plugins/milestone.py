@@ -55,20 +55,25 @@ class MilestoneEvaluator:
         agent = Agent.load(
             checkpoint, ctx.workspace, device=resolve_device(ctx.settings.train.device)
         )
-        speaker = ctx.arena.identity.name
-        wins, matched = 0, []
-        for i, probe in enumerate(probes):
-            other = probes[(i + 1) % len(probes)]
-            context, sep = frame(probe.kind, probe.prompt, speaker)
-            wrong, _ = frame(probe.kind, other.prompt, speaker)
-            right_nll = answer_nll(agent, context, sep + probe.reference)
-            wrong_nll = answer_nll(agent, wrong, sep + probe.reference)
-            matched.append(right_nll)
-            wins += right_nll < wrong_nll
-        return {
-            "identity_score": wins / len(probes),
-            "probe_ppl": math.exp(sum(matched) / len(matched)),
-        }
+        return probe_scores(agent, probes, ctx.arena.identity.name)
+
+
+def probe_scores(agent: Agent, probes: list, speaker: str) -> dict[str, float]:
+    """identity_score (answers likelier after their own prompt than after the next probe's)
+    and probe_ppl (the answers' perplexity after their own prompts); shared with `dte ablate`."""
+    wins, matched = 0, []
+    for i, probe in enumerate(probes):
+        other = probes[(i + 1) % len(probes)]
+        context, sep = frame(probe.kind, probe.prompt, speaker)
+        wrong, _ = frame(probe.kind, other.prompt, speaker)
+        right_nll = answer_nll(agent, context, sep + probe.reference)
+        wrong_nll = answer_nll(agent, wrong, sep + probe.reference)
+        matched.append(right_nll)
+        wins += right_nll < wrong_nll
+    return {
+        "identity_score": wins / len(probes),
+        "probe_ppl": math.exp(sum(matched) / len(matched)),
+    }
 
 
 @hookimpl

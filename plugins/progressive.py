@@ -99,7 +99,7 @@ class ProgressiveTrainer:
         restored = 0
         if not first:
             restored = load_optimizer_state(ctx.checkpoint.path, model, optimizer)
-        objective = self._objective(ctx, model, tok, self_ids)
+        objective = self.objective(ctx, model, tok, self_ids)
         fsdp = ctx.settings.preset in FSDP_PRESETS and distributed.world()[1] > 1
         if fsdp:
             optimizer = distributed.shard(model, optimizer, lambda m: configure_optimizer(m, cfg))
@@ -265,7 +265,7 @@ class ProgressiveTrainer:
                 model.set_cooc_factors(u, v)
             model.init_key_bias(self_ids, math.log(cfg.self_reference_boost))
 
-    def _objective(
+    def objective(
         self, ctx: CycleContext, model: GrowingTransformer, tok: Tokenizer, self_ids: list[int]
     ) -> Objective:
         """The stage's loss terms; the identity anchors from the seed's train split."""
@@ -357,10 +357,6 @@ def _seed_tokens(ctx: CycleContext, tok: Tokenizer, max_tokens: int) -> np.ndarr
         for enc in tok.encode_batch(texts[start : start + 64]):
             out += [*enc.ids, EOT_ID]
     return np.asarray(out[:max_tokens], dtype=np.int64)
-
-
-# Former private names, still imported by `dte ablate` until it moves to the public ones.
-_sequences, _encoded = split_documents, encode_samples
 
 
 @hookimpl
