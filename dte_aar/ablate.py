@@ -50,6 +50,7 @@ from dte_aar.ablate_metrics import SampleScorer, heldout_loss, probe_metrics, sa
 from dte_aar.ablate_report import Ablation, ArmInfo, ArmRun, rich_table, write
 from dte_aar.agent import Agent
 from dte_aar.arena import Arena, ArenaError, load_arena
+from dte_aar.cli_options import workspace_option
 from dte_aar.config import ConfigError, Settings, StageSettings, load_settings
 from dte_aar.losses import Objective
 from dte_aar.model import PRESETS, GrowingTransformer, ModelConfig
@@ -311,15 +312,7 @@ def _notes(arms: list[Arm], corpus: Corpus) -> list[str]:
 
 # --------------------------------------------------------------------------- the command
 @click.command("ablate")
-@click.option(
-    "--workspace",
-    "-w",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="dte-workspace",
-    envvar="DTE_WORKSPACE",
-    show_default=True,
-    help="Workspace whose dte.toml configures the arms (defaults if it has none).",
-)
+@workspace_option("Workspace whose dte.toml configures the arms (defaults if it has none).")
 @click.option(
     "--preset", type=click.Choice(sorted(PRESETS)), help="Model preset (default: config's)."
 )

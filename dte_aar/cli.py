@@ -15,6 +15,7 @@ from rich.table import Table
 
 from dte_aar import plugins as plugin_loading
 from dte_aar.arena import ArenaError, check_arena, load_arena, read_examples
+from dte_aar.cli_options import workspace_option as workspace_option_factory
 from dte_aar.config import (
     CONFIG_FILE,
     ConfigError,
@@ -28,7 +29,6 @@ from dte_aar.report import report_command
 from dte_aar.store import Store, StoreError, text_hash
 from dte_aar.tui import watch_command
 
-DEFAULT_WORKSPACE = "dte-workspace"
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -56,15 +56,7 @@ def _user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-workspace_option = click.option(
-    "--workspace",
-    "-w",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_WORKSPACE,
-    envvar="DTE_WORKSPACE",
-    show_default=True,
-    help="Workspace directory (dte.toml, dte.db, checkpoints). Env: DTE_WORKSPACE.",
-)
+workspace_option = workspace_option_factory()
 
 
 def manager() -> PluginManager:

@@ -31,6 +31,7 @@ import click
 import sqlite_utils
 
 from dte_aar.arena import Arena, heldout
+from dte_aar.cli_options import workspace_option
 
 FINETUNE_MODEL = "gpt-4o-mini-2024-07-18"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -338,15 +339,7 @@ def poll(
 
 # ---------------------------------------------------------------------- the command
 @click.command("finetune")
-@click.option(
-    "--workspace",
-    "-w",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="dte-workspace",
-    envvar="DTE_WORKSPACE",
-    show_default=True,
-    help="Workspace directory. Env: DTE_WORKSPACE.",
-)
+@workspace_option()
 @click.option("--base-url", envvar="OPENAI_BASE_URL", help="API root (default: OpenAI's).")
 @click.option("--model", default=FINETUNE_MODEL, show_default=True, help="Base model.")
 @click.option("--epochs", type=click.IntRange(1, 50), help="n_epochs (default: OpenAI's auto).")

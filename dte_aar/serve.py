@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dte_aar.agent import Agent, Completion, SamplingParams, checkpoint_file
 from dte_aar.chat_template import PERSONA, render_messages, stop_sequences
+from dte_aar.cli_options import workspace_option
 from dte_aar.serve_jobs import JobError, LocalFiles, LocalFineTuning
 
 BASE_ALIAS = "dte"
@@ -706,15 +707,7 @@ def running_server(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator
 
 
 @click.command("serve")
-@click.option(
-    "--workspace",
-    "-w",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="dte-workspace",
-    envvar="DTE_WORKSPACE",
-    show_default=True,
-    help="Workspace directory. Env: DTE_WORKSPACE.",
-)
+@workspace_option()
 @click.option("--checkpoint", help="A cycle number or a checkpoint path (default: the latest).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8000, show_default=True, type=int)
