@@ -24,6 +24,8 @@ from typing import Any
 from dte_aar.store import BUSY_TIMEOUT_MS, DB_FILE, PHASES, StoreError
 
 PID_FILE = "daemon.pid"
+#: Corpus sources with no generator: the filter's "generator" names them instead.
+SOURCES_WITHOUT_GENERATOR = ("seed", "import", "self")
 COMMANDS = ("pause", "resume", "stop")
 #: Per-cycle values the views show (train_loss is summarised from the per-step rows instead).
 CYCLE_METRICS = (
@@ -180,7 +182,7 @@ class Snapshot:
 @dataclass(frozen=True)
 class SampleFilter:
     cycle: int | None = None
-    generator: str | None = None  # a generator's name, or "seed" / "import"
+    generator: str | None = None  # a generator's name, or "seed" / "import" / "self"
     keep: bool | None = None  # kept/rejected: by ``curator`` if set, else the sample's status
     curator: str | None = None
 
@@ -614,7 +616,7 @@ class Reader:
         if flt.cycle is not None:
             where.append("s.cycle = ?")
             params.append(flt.cycle)
-        if flt.generator in ("seed", "import"):
+        if flt.generator in SOURCES_WITHOUT_GENERATOR:
             where.append("s.source = ?")
             params.append(flt.generator)
         elif flt.generator:
