@@ -291,9 +291,10 @@ def run_daemon(
     setup_logging(workspace, settings.daemon, to_stderr)
     info = DaemonInfo(pid=os.getpid(), started_at=now(), workspace=str(workspace))
 
-    def set_state(state: State) -> None:
-        if info.state != state:
-            info.state = state
+    def set_state(state: State | None = None) -> None:
+        """Publish a state change (or, with None, the cycle now under way)."""
+        if state is None or info.state != state:
+            info.state = state or info.state
             write_info(workspace, info)
 
     requests = Requests(set_state)
@@ -335,14 +336,16 @@ def _loop(
     cfg: DaemonSettings,
     cycles: int | None,
     info: DaemonInfo,
-    set_state: Callable[[State], None],
+    set_state: Callable[..., None],
 ) -> str:
     done = 0
     while True:
         if requests.should_stop():
             return "stopped"
         n = runner.next_cycle()
-        info.cycle = n
+        if info.cycle != n:
+            info.cycle = n
+            set_state()
         try:
             outcome = runner.run_cycle(n)
         except Stopped as exc:

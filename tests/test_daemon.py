@@ -80,6 +80,7 @@ def test_sigterm_mid_training_checkpoints_and_the_next_start_finishes_identicall
     status = run_dte("daemon", "status", "-w", str(ws), "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["pid"] == info.pid
     wait_for(lambda: trained_steps(ws, 0) >= 50, what="50 training steps")
+    assert d.read_info(ws).cycle == 0  # the pid file says which cycle runs
 
     stopped = run_dte("daemon", "stop", "-w", str(ws), timeout=120)
     assert stopped.returncode == 0 and "daemon stopped" in stopped.stdout, stopped.stderr
