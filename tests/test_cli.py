@@ -45,3 +45,18 @@ def test_bad_plugin_config_is_reported_before_any_work(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "plugins.quality.min_chars: Input should be greater than or equal to 1" in result.output
     assert not (ws / "dte.db").exists()
+
+
+def test_every_lazily_loaded_command_is_listed_and_answers_help() -> None:
+    from dte_aar.cli import LAZY_COMMANDS
+
+    runner = CliRunner()
+    listing = runner.invoke(cli, ["--help"])
+    assert listing.exit_code == 0
+    for name in ("daemon", "eval", "plan", "ablate", "serve", "finetune"):
+        assert name in LAZY_COMMANDS and f"  {name} " in listing.output
+        shown = runner.invoke(cli, [name, "--help"])
+        assert shown.exit_code == 0, (name, shown.output)
+        assert "Usage:" in shown.output
+    for sub in ("start", "stop", "status", "logs", "pause", "resume"):
+        assert runner.invoke(cli, ["daemon", sub, "--help"]).exit_code == 0
