@@ -145,43 +145,6 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def ensure_finetune_tables(db: sqlite_utils.Database) -> None:
-    """Create the fine-tuning tables if missing (until migrations.py carries them)."""
-    db["finetune_jobs"].create(
-        {
-            "id": int,
-            "base_url": str,  # credentials stripped
-            "model": str,  # the base model asked for
-            "training_sha256": str,
-            "training_file_id": str,
-            "job_id": str,
-            "status": str,  # exported | uploaded | <OpenAI job status>
-            "fine_tuned_model": str,
-            "examples": int,
-            "tokens": int,  # estimated, per epoch
-            "estimated_cost": float,
-            "error": str,
-            "created_at": str,
-            "updated_at": str,
-        },
-        pk="id",
-        if_not_exists=True,
-    )
-    db["finetune_events"].create(
-        {
-            "job_id": str,
-            "event_id": str,
-            "created_at": int,
-            "level": str,
-            "type": str,
-            "message": str,
-            "data": str,  # JSON
-        },
-        pk=("job_id", "event_id"),
-        if_not_exists=True,
-    )
-
-
 def finetuned_model(db: sqlite_utils.Database, base_url: str) -> str | None:
     """The model of the last fine-tune that succeeded at ``base_url``, if any."""
     if not db["finetune_jobs"].exists():
@@ -215,7 +178,6 @@ def run_finetune(
 ) -> dict[str, Any]:
     """Upload, create (or resume) the job, poll it to the end; return its finetune_jobs row."""
     db = store.db
-    ensure_finetune_tables(db)
     url = public_url(base_url)
     table = db["finetune_jobs"]
     rows = list(

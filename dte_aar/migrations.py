@@ -181,3 +181,41 @@ def m003_reader_indexes(db: sqlite_utils.Database) -> None:
     db["metrics"].create_index(["cycle", "name", "step", "value"])
     db["verdicts"].create_index(["cycle", "curator", "keep"])
     db["samples"].create_index(["cycle", "source", "generator", "status", "cost", "tokens"])
+
+
+@migration
+def m004_finetune_jobs(db: sqlite_utils.Database) -> None:
+    """`dte finetune`'s jobs (credentials stripped from base_url) and their OpenAI events."""
+    db["finetune_jobs"].create(
+        {
+            "id": int,
+            "base_url": str,  # credentials stripped
+            "model": str,  # the base model asked for
+            "training_sha256": str,
+            "training_file_id": str,
+            "job_id": str,
+            "status": str,  # exported | uploaded | <OpenAI job status>
+            "fine_tuned_model": str,
+            "examples": int,
+            "tokens": int,  # estimated, per epoch
+            "estimated_cost": float,
+            "error": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        if_not_exists=True,  # databases where `dte finetune` made them before m004
+    )
+    db["finetune_events"].create(
+        {
+            "job_id": str,
+            "event_id": str,
+            "created_at": int,
+            "level": str,
+            "type": str,
+            "message": str,
+            "data": str,  # JSON
+        },
+        pk=("job_id", "event_id"),
+        if_not_exists=True,  # databases where `dte finetune` made them before m004
+    )

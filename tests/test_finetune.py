@@ -17,7 +17,6 @@ from dte_aar.arena import heldout, load_arena
 from dte_aar.config import load_settings
 from dte_aar.finetune import (
     Export,
-    ensure_finetune_tables,
     estimate_tokens,
     export_seed,
     finetune_command,
@@ -171,7 +170,6 @@ def test_a_rerun_adopts_the_job_instead_of_paying_twice(ws, url, client, export)
         model="gpt-4o-mini-2024-07-18", training_file=uploaded.id, suffix="again"
     )
     with Store.open(ws) as store:
-        ensure_finetune_tables(store.db)
         store.db["finetune_jobs"].insert(
             {
                 "base_url": public_url(url),

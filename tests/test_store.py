@@ -49,7 +49,8 @@ def test_migrations_bring_an_existing_database_forward(tmp_path: Path, monkeypat
         names = [r["name"] for r in store.db["_dte_migrations"].rows]
     assert calls == [1]
     assert names == [
-        "m001_initial", "m002_minhash_signatures", "m003_reader_indexes", "m999_add_notes",
+        "m001_initial", "m002_minhash_signatures", "m003_reader_indexes", "m004_finetune_jobs",
+        "m999_add_notes",
     ]  # fmt: skip
 
 
