@@ -355,6 +355,7 @@ class Cycle:
                         text=candidate.text,
                         tokens=candidate.tokens,
                         cost=candidate.cost,
+                        finish_reason=candidate.finish_reason,
                     )
                     if sample_id is not None:
                         written += 1

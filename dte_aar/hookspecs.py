@@ -54,6 +54,9 @@ class Candidate:
     model: str = ""
     tokens: int = 0
     cost: float = 0.0
+    # Why generation ended: "stop" (end-of-text or a stop string) or "length" (cut at the
+    # token budget), as the OpenAI API says it; None when the generator cannot tell.
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Sample:
     generator: str | None
     prompt: str | None
     text_hash: str
+    finish_reason: str | None = None  # the generator's, for generated samples
 
 
 @dataclass(frozen=True)

@@ -219,3 +219,10 @@ def m004_finetune_jobs(db: sqlite_utils.Database) -> None:
         pk=("job_id", "event_id"),
         if_not_exists=True,  # databases where `dte finetune` made them before m004
     )
+
+
+@migration
+def m005_sample_finish_reason(db: sqlite_utils.Database) -> None:
+    """Why a generated sample ended ("stop" or "length"), so curators know a cut-off text
+    for certain instead of guessing from its last characters."""
+    db["samples"].add_column("finish_reason", str)

@@ -179,6 +179,7 @@ class Store:
                 generator=r["generator"],
                 prompt=r["prompt"],
                 text_hash=r["text_hash"],
+                finish_reason=r.get("finish_reason"),
             )
             for r in rows
         ]

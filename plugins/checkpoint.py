@@ -62,6 +62,7 @@ class CheckpointGenerator:
                     prompt=request.prompt,
                     model=model,
                     tokens=completion.tokens,
+                    finish_reason=completion.finish_reason,
                 )
 
 

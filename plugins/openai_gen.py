@@ -339,6 +339,7 @@ class OpenAIGenerator:
                         model=served,
                         tokens=completion_tokens,
                         cost=cost,
+                        finish_reason=reply.choices[0].finish_reason,
                     )
                 )
 

@@ -276,13 +276,14 @@ def paren_depth(code: str) -> int:
     return depth
 
 
-def truncation(text: str, min_words: int = 6) -> str | None:
+def truncation(text: str, min_words: int = 6, finish_reason: str | None = None) -> str | None:
     """Why ``text`` looks cut off (a length limit hit mid-output), or None.
 
-    Samples carry no finish_reason yet, so this reads the text: code with parentheses left
-    open or an odd number of ``` fences; prose whose last line ends on a comma, colon or
-    dash, or runs `min_words` words without terminal punctuation (a short last line such
-    as a letter's signature "Deep Tree Echo" is fine).
+    It reads the text: code with parentheses left open or an odd number of ``` fences; prose
+    whose last line ends on a comma, colon or dash, or runs `min_words` words without terminal
+    punctuation (a short last line such as a letter's signature "Deep Tree Echo" is fine).
+    When the generator says it stopped at its token budget (``finish_reason`` "length"), prose
+    must end on terminal punctuation: the signature exception is for texts that ended freely.
     """
     stripped = text.rstrip()
     if not stripped:
@@ -295,6 +296,8 @@ def truncation(text: str, min_words: int = 6) -> str | None:
     last = stripped[-1]
     if last in TERMINAL:
         return None
+    if finish_reason == "length":
+        return "cut at the token budget mid-sentence"
     if last in OPEN_ENDING:
         return f"ends on {last!r}"
     last_line = stripped.splitlines()[-1]
@@ -401,7 +404,8 @@ def judge(
         cfg.ngram_min_words,
     )
     failed = failures(m, cfg, checks)
-    if cfg.truncation and (cut := truncation(sample.text, cfg.truncation_min_words)):
+    cut = truncation(sample.text, cfg.truncation_min_words, sample.finish_reason)
+    if cfg.truncation and cut:
         failed.append((f"truncated ({cut})", 0.5))
     if failed:
         score = min(score for _, score in failed)

@@ -75,6 +75,7 @@ def test_three_cycles_grow_as_the_stage_gates_decide_and_perplexity_falls(grown)
         generated = store.samples("source = 'generated'", [])
         assert generated, "cycles after the first sample the model itself"
         for sample in generated:
+            assert sample.finish_reason in ("stop", "length")  # stored from the generator
             verdicts = store.verdicts_for(sample.id)
             assert {v["curator"] for v in verdicts} == {"quality", "dedup"}
             assert all(v["reason"] for v in verdicts)

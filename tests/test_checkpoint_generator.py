@@ -222,6 +222,8 @@ def test_checkpoint_generator_is_the_same_whatever_the_batch_size(ws: Path) -> N
     assert [c.slot for c in four] == [0, 1, 2, 3, 4]
     assert {c.model for c in four} == {"checkpoint:cycle-0"}
     assert all(0 <= c.tokens <= 12 and "\nUser:" not in c.text for c in four)
+    # a reply that used the whole budget says so; one that stopped early says "stop"
+    assert all(c.finish_reason == ("length" if c.tokens == 12 else "stop") for c in four)
     assert nucleus != four
 
 

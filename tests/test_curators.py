@@ -174,6 +174,25 @@ def test_quality_truncation_check_can_be_switched_off(arena) -> None:
     assert verdict.keep, verdict.reason
 
 
+def test_quality_reads_the_generators_finish_reason(arena) -> None:
+    """A short unpunctuated last line passes as a signature when the text ended freely, but
+    not when the generator says it hit its token budget there."""
+    text = GOOD + "\nWith care, Deep Tree"
+    free, cut, unknown = (
+        Sample(i, text, "generated", "g", "p", text_hash(text), finish_reason=reason)
+        for i, reason in enumerate(("stop", "length", None))
+    )
+    verdicts = list(QualityCurator().curate([free, cut, unknown], ctx_for(arena)))
+    assert [v.keep for v in verdicts] == [True, False, True], [v.reason for v in verdicts]
+    assert "cut at the token budget" in verdicts[1].reason
+    ended = GOOD  # terminal punctuation: complete even if the budget ran out right there
+    (verdict,) = QualityCurator().curate(
+        [Sample(9, ended, "generated", "g", "p", text_hash(ended), finish_reason="length")],
+        ctx_for(arena),
+    )
+    assert verdict.keep, verdict.reason
+
+
 def test_quality_counts_inflections_of_seed_words_as_known(arena) -> None:
     text = "Echoing reservoirs grow slowly; the membranes listened while the trees echoed."
     seed_words = lexicon(e.text for e in arena.seed)

@@ -174,6 +174,7 @@ def test_samples_carry_persona_style_usage_and_cost(ws, server, injector, key) -
     for c in got:
         assert c.model == "dte-cycle-0000" and c.prompt == f"Tell me about ring {c.slot}."
         assert 0 < c.tokens <= 8 and c.text == c.text.strip() and c.text
+        assert c.finish_reason == ("length" if c.tokens == 8 else "stop")  # the server's word
         assert c.cost > 0.001 * c.tokens  # prompt tokens are paid for too
     body = injector.bodies[0]
     system, user = body["messages"]

@@ -50,7 +50,7 @@ def test_migrations_bring_an_existing_database_forward(tmp_path: Path, monkeypat
     assert calls == [1]
     assert names == [
         "m001_initial", "m002_minhash_signatures", "m003_reader_indexes", "m004_finetune_jobs",
-        "m999_add_notes",
+        "m005_sample_finish_reason", "m999_add_notes",
     ]  # fmt: skip
 
 
