@@ -17,6 +17,7 @@ import click
 
 from dte_aar.tui import DEFAULT_WORKSPACE, _UserError, resolve_workspace
 from dte_aar.tui.queries import (
+    MILESTONES,
     Reader,
     Snapshot,
     fmt_count,
@@ -299,8 +300,8 @@ def markdown(workspace: Path, snap: Snapshot, reasons: dict[str, list[tuple[str,
             f" {_num(metric.get('identity_score', {}).get(c.n))} | {kept} | {rejected} |"
             f" {'-' if share is None else f'{share:.0%}'} |"
         )
+    lines += ["", "## Stage milestones", "", *milestone_table(snap, metric), ""]
     lines += [
-        "",
         "## Corpus",
         "",
         "![accepted samples by source, cumulative](corpus.png)",
@@ -349,6 +350,26 @@ def markdown(workspace: Path, snap: Snapshot, reasons: dict[str, list[tuple[str,
             f" {_ts(a.started_at)} | {_ts(b.ended_at) if b.status == 'done' else b.status} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def milestone_table(snap: Snapshot, metric: dict[str, dict[int, float]]) -> list[str]:
+    """Each milestone evaluator's number per cycle, marked where it cleared its bar."""
+    shown = [m for m in MILESTONES if metric.get(m)]
+    if not shown:
+        return ["No milestone evaluator has run yet (see `evaluators` in dte.toml)."]
+    rows = [
+        "| cycle | stage | layers | " + " | ".join(shown) + " |",
+        "|---:|---:|---:|" + "---:|" * len(shown),
+    ]
+    for c in snap.cycles:
+        cells = []
+        for m in shown:
+            value = metric[m].get(c.n)
+            passed = metric.get(f"{m}_pass", {}).get(c.n)
+            cells.append(_num(value) + (" pass" if passed else ""))
+        rows.append(f"| {c.n} | {c.stage} | {c.layers} | " + " | ".join(cells) + " |")
+    return [*rows, "", "A value marked pass cleared that evaluator's bar; a stage's gate reads"
+            " its own milestone (`stages[].milestone`)."]  # fmt: skip
 
 
 def _num(value: float | None) -> str:

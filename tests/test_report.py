@@ -45,6 +45,8 @@ def test_report_writes_markdown_and_plots(store: Path, tmp_path: Path) -> None:
     assert "| 10 | 3 | 10 | running |" in text  # the cycle still training
     assert "| dedup |" in text and "near-duplicate" in text  # top rejection reasons
     assert "| 2 | semantic | 2-8 | 2-8 |" in text  # the stage table
+    assert "| cycle | stage | layers | phrase_completion |" in text  # milestones that ran
+    assert "| 2 | 2 | 2 | 0.2 |" in text and "| 3 | 2 | 3 | 0.25 pass |" in text
     assert hashlib.sha256((store / "dte.db").read_bytes()).hexdigest() == digest  # read-only
 
 
@@ -55,6 +57,7 @@ def test_report_of_an_empty_store(tmp_path: Path) -> None:
     for name in PLOTS:
         assert (path.parent / f"{name}.png").stat().st_size > 1_000
     assert "| cycles | 0 (0 done)" in path.read_text()
+    assert "No milestone evaluator has run yet" in path.read_text()
 
 
 def test_report_command(store: Path, tmp_path: Path) -> None:

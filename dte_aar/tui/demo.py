@@ -166,6 +166,8 @@ def add_cycle(
         (n, "evaluate", stage, layers, None, "heldout_ppl", math.exp(base + 0.3)),
         (n, "evaluate", stage, layers, None, "identity_score", min(1.0, 0.4 + 0.03 * n)),
         (n, "evaluate", stage, layers, None, "probe_ppl", math.exp(base + 0.5)),
+        (n, "evaluate", stage, layers, None, "phrase_completion", phrases := 0.1 + 0.05 * n),
+        (n, "evaluate", stage, layers, None, "phrase_completion_pass", float(phrases >= 0.25)),
     ]
     conn.executemany(
         "insert into metrics (run_id, cycle, phase, stage, layers, step, name, value,"

@@ -28,6 +28,8 @@ PID_FILE = "daemon.pid"
 SOURCES_WITHOUT_GENERATOR = ("seed", "import", "self")
 COMMANDS = ("pause", "resume", "stop")
 #: Per-cycle values the views show (train_loss is summarised from the per-step rows instead).
+#: The stage milestone evaluators' numbers, each with a ``<name>_pass`` of 1.0 or 0.0.
+MILESTONES = ("phrase_completion", "concept_accuracy", "persona_consistency", "self_knowledge")
 CYCLE_METRICS = (
     "heldout_ppl",
     "identity_score",
@@ -36,6 +38,7 @@ CYCLE_METRICS = (
     "corpus_synthetic",
     "synthetic_share",
     "tokens",
+    *(f"{m}{suffix}" for m in MILESTONES for suffix in ("", "_pass")),
 )
 LOSS_BUCKETS = 48  # points per cycle in the loss curve
 EVENT_TAIL = 200  # events kept in a snapshot
