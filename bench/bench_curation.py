@@ -229,8 +229,21 @@ def bench_quality_dedup(args, ws: Path, rng: random.Random) -> bool:
     _, t_w = timed(
         lambda: [store.add_verdict(v.sample_id, 1, "dedup", v.keep, v.score, v.reason) for v in few]
     )
+    rows.append(("Store.add_verdict", f"{len(few) / t_w:,.0f} verdicts/s, one commit each"))
+    more = few  # the same verdicts, under another curator name (one verdict per curator)
+
+    def batched() -> None:
+        with store.verdict_batches() as add:
+            for v in more:
+                add({"sample_id": v.sample_id, "cycle": 1, "curator": "dedup-2", "keep": v.keep,
+                     "score": v.score, "reason": v.reason})  # fmt: skip
+
+    _, t_b = timed(batched)
     rows.append(
-        ("Store.add_verdict (cycle's cost)", f"{len(few) / t_w:,.0f} verdicts/s, one commit each")
+        (
+            "Store.verdict_batches (the cycle's way)",
+            f"{len(more) / t_b:,.0f} verdicts/s, {t_w / len(few) / (t_b / len(more)):.1f}x",
+        )
     )
     store.close()
     table(f"quality + dedup, {n:,} candidates vs {len(corpus):,} accepted", rows)

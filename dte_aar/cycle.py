@@ -4,7 +4,8 @@ Every phase's start and outcome is written to ``cycles`` and ``events`` before t
 begins, so a run stopped anywhere (Ctrl-C, kill -9) resumes at the first phase not marked done:
 
 - generate: one sample per (cycle, generator, slot); filled slots are skipped on resume.
-- curate: one verdict per (sample, curator); judged samples are skipped on resume.
+- curate: one verdict per (sample, curator), written in batches of at most a second's work;
+  judged samples are skipped on resume, and a lost batch's samples are judged again.
 - train: the trainer writes its checkpoint atomically; a rerun simply overwrites it.
 - checkpoint: the file's sha256 must still match what train recorded before it is registered
   as good, so a torn or altered file is never taken for a good one.
@@ -397,18 +398,14 @@ class Cycle:
                 continue
             task = self.progress.task(f"cur:{curator.name}", total=len(todo))
             try:
-                for verdict in curator.curate(todo, ctx):
-                    self.store.add_verdict(
-                        verdict.sample_id,
-                        ctx.cycle,
-                        curator.name,
-                        verdict.keep,
-                        verdict.score,
-                        verdict.reason,
-                    )
-                    task.advance(1)
-                    if self.should_stop():
-                        raise Stopped(f"cycle {ctx.cycle}: stopped while {curator.name} judged")
+                with self.store.verdict_batches() as add:
+                    for verdict in curator.curate(todo, ctx):
+                        add({"sample_id": verdict.sample_id, "cycle": ctx.cycle,
+                             "curator": curator.name, "keep": verdict.keep,
+                             "score": verdict.score, "reason": verdict.reason})  # fmt: skip
+                        task.advance(1)
+                        if self.should_stop():
+                            raise Stopped(f"cycle {ctx.cycle}: stopped while {curator.name} judged")
             except Stopped:
                 raise
             except Exception as exc:

@@ -10,7 +10,9 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +249,42 @@ class Store:
                 replace=False,
                 ignore=True,
             )
+
+    def add_verdicts(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert many verdicts (sample_id, cycle, curator, keep, score, reason) in one
+        transaction; one already stored for a (sample, curator) is kept."""
+        stamp = now()
+        prepared = [
+            {**row, "keep": int(bool(row["keep"])), "score": float(row["score"]),
+             "created_at": stamp}
+            for row in rows
+        ]  # fmt: skip
+        if prepared:
+            with self.db.conn:
+                self.db["verdicts"].insert_all(prepared, ignore=True)
+
+    @contextmanager
+    def verdict_batches(
+        self, max_rows: int = 256, max_seconds: float = 1.0
+    ) -> Iterator[Callable[[dict[str, Any]], None]]:
+        """A function that queues one verdict row; rows are written a batch per transaction
+        (every ``max_rows`` or ``max_seconds``) and the rest when the block ends, however it
+        ends. A kill loses at most the last batch, whose samples are judged again on resume."""
+        queue: list[dict[str, Any]] = []
+        last = time.monotonic()
+
+        def add(row: dict[str, Any]) -> None:
+            nonlocal last
+            queue.append(row)
+            if len(queue) >= max_rows or time.monotonic() - last >= max_seconds:
+                self.add_verdicts(queue)
+                queue.clear()
+                last = time.monotonic()
+
+        try:
+            yield add
+        finally:
+            self.add_verdicts(queue)
 
     def verdicts_for(self, sample_id: int) -> list[dict[str, Any]]:
         return list(self.db["verdicts"].rows_where("sample_id = ?", [sample_id]))

@@ -69,3 +69,27 @@ def test_seed_rows_are_idempotent_and_dedup_key_normalises(tmp_path: Path) -> No
         assert store.add_samples(rows) == 0
         assert store.hash_exists(__import__("dte_aar.store").store.text_hash("text number 1"))
         assert [i for i, _ in store.corpus("train")] == [1, 2, 3]
+
+
+def test_verdict_batches_write_per_batch_and_on_any_exit(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "ws") as store:
+        store.add_samples([{"cycle": 1, "source": "import", "text": f"t{i}"} for i in range(5)])
+
+        def row(i: int, keep: bool = True) -> dict:
+            return {"sample_id": i, "cycle": 1, "curator": "q", "keep": keep, "score": 1,
+                    "reason": "ok"}  # fmt: skip
+
+        batches = store.verdict_batches(max_rows=2, max_seconds=3600)
+        with pytest.raises(RuntimeError), batches as add:
+            add(row(1))
+            assert store.db["verdicts"].count == 0  # queued
+            add(row(2))
+            assert store.db["verdicts"].count == 2  # a full batch is written
+            add(row(3))
+            raise RuntimeError("curator crashed")
+        assert store.db["verdicts"].count == 3  # the rest on the way out
+        with store.verdict_batches() as add:
+            add(row(3, keep=False))  # already judged: the first verdict stands
+            add(row(4))
+        assert store.judged("q", [1, 2, 3, 4, 5]) == {1, 2, 3, 4}
+        assert store.verdicts_for(3)[0]["keep"] == 1
