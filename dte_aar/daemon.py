@@ -342,26 +342,30 @@ def _loop(
     while True:
         if requests.should_stop():
             return "stopped"
-        n = runner.next_cycle()
-        if info.cycle != n:
-            info.cycle = n
-            set_state()
         try:
+            n = runner.next_cycle()
+            if info.cycle != n:
+                info.cycle = n
+                set_state()
             outcome = runner.run_cycle(n)
         except Stopped as exc:
             log.info("stopped: %s", exc)
             return "stopped"
-        except Exception as exc:
+        except Exception as exc:  # the cycle, a plugin, the store or the disk: wait, retry
             info.failures += 1
             wait = backoff(info.failures, cfg)
-            log.exception("cycle %d failed (%d in a row); retrying in %.0f s", n, info.failures,
-                          wait)  # fmt: skip
-            runner.event("daemon_retry", n, data={
-                "error": f"{type(exc).__name__}: {exc}", "failures": info.failures, "wait_s": wait,
-            })  # fmt: skip
-            set_state("retrying")
+            log.exception("cycle %s failed (%d in a row); retrying in %.0f s", info.cycle,
+                          info.failures, wait)  # fmt: skip
+            with contextlib.suppress(Exception):  # the store may be what failed
+                runner.event("daemon_retry", info.cycle, data={
+                    "error": f"{type(exc).__name__}: {exc}", "failures": info.failures,
+                    "wait_s": wait,
+                })  # fmt: skip
+            with contextlib.suppress(OSError):
+                set_state("retrying")
             requests.sleep(wait)
-            set_state("running")
+            with contextlib.suppress(OSError):
+                set_state("running")
             continue
         info.failures = 0
         if outcome is None:

@@ -270,3 +270,37 @@ def test_control_commands_need_a_running_daemon(tmp_path, command):
     ws = workspace(tmp_path, "ws")
     result = run_dte("daemon", command, "-w", str(ws))
     assert result.returncode == 2 and "no daemon is running" in result.stderr
+
+
+class BrokenStoreRunner:
+    """A runner whose store fails once (as a full disk or a locked file would), events too."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.ran: list[int] = []
+
+    def next_cycle(self) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return len(self.ran)
+
+    def run_cycle(self, n: int):
+        from dte_aar.cycle import CycleOutcome
+
+        self.ran.append(n)
+        return CycleOutcome(n=n, layers=n + 1)
+
+    def event(self, *args, **kwargs) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_the_loop_survives_a_failing_store_and_retries():
+    runner = BrokenStoreRunner()
+    states: list = []
+    info = d.DaemonInfo(pid=1, started_at="", workspace="w")
+    requests = d.Requests(states.append)
+    cfg = DaemonSettings(retry_initial_s=0.01)
+    status = d._loop(runner, requests, cfg, 2, info, lambda state=None: states.append(state))
+    assert status == "done" and runner.ran == [0, 1] and info.failures == 0
+    assert "retrying" in states and states[-1] is None  # published the retry, then the cycle
