@@ -10,7 +10,6 @@ the sidecar last: a sidecar on disk means the files it names were complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dte_aar.atomic import atomic_write_text, fsync_dir
+from dte_aar.files import sha256_file
 from dte_aar.model import GrowingTransformer, ModelConfig
 
 FORMAT = "dte-aar-checkpoint"
@@ -38,14 +38,6 @@ def sidecar_path(path: Path) -> Path:
 def optimizer_path(path: Path) -> Path:
     path = Path(path)
     return path.with_name(f"{path.stem}.optim.safetensors")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- saving

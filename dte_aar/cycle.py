@@ -19,7 +19,6 @@ The cycle knows plugins only through the hooks (:mod:`dte_aar.plugins`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -34,6 +33,7 @@ from pydantic import ValidationError
 from dte_aar.arena import Arena, heldout
 from dte_aar.config import ConfigError, Settings
 from dte_aar.corpus import POLICY, requests_per_generator, within_cap
+from dte_aar.files import remove_checkpoint_files, sha256_file
 from dte_aar.hookspecs import (
     CheckpointInfo,
     CycleContext,
@@ -66,14 +66,6 @@ class CycleOutcome:
     rejected: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def seed_rows(arena: Arena, settings: Settings) -> list[dict[str, Any]]:
@@ -133,8 +125,7 @@ def prune_checkpoints(store: Store, keep: int) -> list[str]:
         if row["cycle"] == best:
             continue
         path = Path(row["path"])
-        for file in path.parent.glob(f"{path.stem}.*"):
-            file.unlink(missing_ok=True)
+        remove_checkpoint_files(path)
         store.mark_checkpoint_pruned(row["cycle"])
         removed.append(str(path))
     return removed
@@ -165,6 +156,7 @@ class Cycle:
         self.registry = manager.registry()
         self.run_id: int | None = None
         self._phase_now: str | None = None  # tags metrics with the phase that logged them
+        self._was_stopped = False  # the phase now running was ended by a stop last time
         self.generators, self.curators, self.trainer, self.evaluators = resolve_components(
             settings, manager
         )
@@ -287,6 +279,7 @@ class Cycle:
                 continue
             if self.should_stop():
                 raise Stopped(f"cycle {n}: stop requested before {phase}")
+            self._was_stopped = row.get(f"phase_{phase}") == "stopped"
             self.store.set_phase(n, phase, "running")
             self.event("phase_started", n, phase)
             self._phase_now = phase
@@ -435,7 +428,9 @@ class Cycle:
         return {"accepted": outcome.accepted, "rejected": outcome.rejected}
 
     def _train(self, ctx: CycleContext, outcome: CycleOutcome) -> dict[str, Any]:
-        self.store.clear_metrics(ctx.cycle, "train")
+        # A phase a stop ended may continue from its partial checkpoint: its per-step rows
+        # stay, and the trainer clears those from where it resumes (progressive does).
+        self.store.clear_metrics(ctx.cycle, "train", from_step=None if self._was_stopped else 0)
         self.add_self_record(ctx)
         result: TrainResult = self.trainer.train(ctx)
         digest = sha256_file(result.path)

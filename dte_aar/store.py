@@ -294,9 +294,23 @@ class Store:
         values.setdefault("created_at", now())
         self.db["metrics"].insert(values)
 
-    def clear_metrics(self, cycle: int, phase: str) -> None:
-        with self.db.conn:
-            self.db.execute("delete from metrics where cycle = ? and phase = ?", [cycle, phase])
+    def clear_metrics(
+        self, cycle: int, phase: str, from_step: int | None = 0, summary: bool = True
+    ) -> None:
+        """Delete a phase's metrics before it runs again: its per-step rows from ``from_step``
+        on (None: none of them) and, with ``summary``, its rows without a step."""
+        kinds, params = [], [cycle, phase]
+        if from_step is not None:
+            kinds.append("step >= ?")
+            params.append(from_step)
+        if summary:
+            kinds.append("step is null")
+        if kinds:
+            with self.db.conn:
+                self.db.execute(
+                    f"delete from metrics where cycle = ? and phase = ? and ({' or '.join(kinds)})",
+                    params,
+                )
 
     def metric_by_cycle(self, name: str) -> dict[int, float]:
         """The last value of ``name`` logged in each cycle."""

@@ -51,6 +51,7 @@ from dte_aar.checkpoint import (
 )
 from dte_aar.distributed import FSDP_PRESETS
 from dte_aar.embeddings import cooccurrence_factors, word2vec_embeddings
+from dte_aar.files import remove_checkpoint_files
 from dte_aar.hookspecs import CycleContext, PluginConfig, Stopped, TrainResult, hookimpl
 from dte_aar.losses import ANCHOR_WINDOWS, Objective, identity_anchor, token_weights
 from dte_aar.model import PRESETS, GrowingTransformer, ModelConfig
@@ -109,6 +110,8 @@ class ProgressiveTrainer:
         stamp = _partial_stamp(ctx, steps, len(packed["train"]))
         state = _resume_partial(partial, stamp, model, optimizer) if not fsdp else None
         state = state or TrainState()
+        if distributed.is_main():  # rows of the steps about to run (again): none are doubled
+            ctx.store.clear_metrics(ctx.cycle, "train", from_step=state.step, summary=False)
         if state.step:
             ctx.log_metric("resumed_at_step", float(state.step), state.step)
         task = ctx.progress.task("training", total=steps)
@@ -161,7 +164,7 @@ class ProgressiveTrainer:
         }
         if distributed.is_main():
             save_checkpoint(path, model, meta, optimizer)
-            _remove_partial(partial)
+            remove_checkpoint_files(partial)
         metrics = {
             **stats,
             "trainable_params": float(model.num_params(trainable_only=True)),
@@ -321,19 +324,14 @@ def _resume_partial(
         return None
     try:
         saved, meta = load_checkpoint(path)
-        if meta.get("partial") != stamp:
-            raise CheckpointError(f"{path}: made from another base or corpus")
+        if meta.get("partial") != stamp or saved.config != model.config:
+            raise CheckpointError(f"{path}: made from another base, corpus or shape")
         model.load_state_dict(saved.state_dict())
         load_optimizer_state(path, model, optimizer)
-    except CheckpointError:
-        _remove_partial(path)
+    except (CheckpointError, RuntimeError):  # another shape (the config changed) or unreadable
+        remove_checkpoint_files(path)
         return None
     return TrainState.from_json(meta.get("train_state", {}))
-
-
-def _remove_partial(path: Path) -> None:
-    for file in path.parent.glob(f"{path.stem}.*"):
-        file.unlink(missing_ok=True)
 
 
 def _plain_model(

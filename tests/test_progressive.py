@@ -57,6 +57,10 @@ class FakeStore:
             assert threading.get_ident() == self.thread, "store read from another thread"
             yield row
 
+    def clear_metrics(self, cycle: int, phase: str, from_step: int | None = 0, summary=True):
+        """The trainer clears the per-step rows of the steps it is about to run."""
+        self.cleared = (cycle, phase, from_step, summary)
+
 
 PHRASES = ["I", "me", "my", "Deep Tree Echo", "echo"]
 ARENA = SimpleNamespace(
