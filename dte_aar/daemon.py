@@ -62,8 +62,8 @@ class DaemonInfo(BaseModel):
 
     pid: int
     state: State = "starting"
-    started_at: str
-    workspace: str
+    started_at: str = ""
+    workspace: str = ""
     cycle: int | None = None
     failures: int = 0
 
@@ -131,8 +131,8 @@ def read_info(workspace: Path) -> DaemonInfo | None:
         return None
     try:
         data = json.loads(text)
-        if isinstance(data, int):
-            data = {"pid": data, "started_at": "", "workspace": str(workspace)}
+        if isinstance(data, int):  # a bare pid, as other tools write one
+            data = {"pid": data}
         return DaemonInfo.model_validate(data)
     except (json.JSONDecodeError, ValidationError):
         return None
@@ -162,12 +162,20 @@ class Requests:
 
     def __init__(self, on_state: Callable[[State], None]) -> None:
         self.stop = False
+        self.stopping = False  # the stop has been seen (logged, published)
         self.paused = False
         self.signals = 0
+        self.signal_name = ""
         self.on_state = on_state
 
     def should_stop(self) -> bool:
-        """Asked between units of work; blocks while paused."""
+        """Asked between units of work; blocks while paused. The first time it sees a stop,
+        it says so in the log and the pid file (a second `dte daemon stop` then only waits)."""
+        if self.stop and not self.stopping:
+            self.stopping = True
+            log.info("stop requested%s: finishing the current step, then stopping",
+                     f" ({self.signal_name})" if self.signal_name else "")  # fmt: skip
+            self.on_state("stopping")
         if self.paused and not self.stop:
             self.on_state("paused")
             while self.paused and not self.stop:
@@ -186,9 +194,8 @@ class Requests:
         self.signals += 1
         if self.signals > 1:
             raise KeyboardInterrupt  # a second signal: stop now, the phase stays resumable
+        self.signal_name = signal.Signals(signum).name  # logged by should_stop, not here
         self.stop = True
-        log.info("%s received: finishing the current step, then stopping",
-                 signal.Signals(signum).name)  # fmt: skip
 
 
 class ControlPoller(threading.Thread):
@@ -322,6 +329,8 @@ def run_daemon(
                 runner.finish(status)
     finally:
         poller.halt.set()
+        if poller.is_alive():
+            poller.join(timeout=settings.daemon.poll_interval_s + 5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         pid_path(workspace).unlink(missing_ok=True)
@@ -378,12 +387,14 @@ def _loop(
 
 
 # --------------------------------------------------------------------------- from the CLI
-def spawn(workspace: Path, argv: list[str], wait_s: float = 30.0) -> DaemonInfo:
-    """Start ``python -m dte_aar <argv>`` detached (new session, no terminal) and wait until it
-    holds the lock and has written its pid file; raise RuntimeError with its last output if it
-    exits first."""
+def spawn(workspace: Path, argv: list[str], wait_s: float = 30.0) -> DaemonInfo | None:
+    """Start ``python -m dte_aar <argv>`` detached (new session, no terminal); return its info
+    once it holds the lock and has written its pid file, or None if it ran to a clean end
+    before that (nothing left to do). If it fails first, raise RuntimeError with the last
+    lines it printed this time."""
     err = Path(workspace) / STDERR_FILE
     err.parent.mkdir(parents=True, exist_ok=True)
+    offset = err.stat().st_size if err.exists() else 0
     with open(err, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "dte_aar", *argv],
@@ -395,15 +406,19 @@ def spawn(workspace: Path, argv: list[str], wait_s: float = 30.0) -> DaemonInfo:
         )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        code = proc.poll()
         info = read_info(workspace)
-        if info is not None and info.pid == proc.pid and info.state != "starting":
+        if info is not None and info.pid == proc.pid:
             return info
+        code = proc.poll()
+        if code == 0:
+            return None
         if code is not None:
-            tail = err.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+            with open(err, "rb") as handle:
+                handle.seek(offset)
+                tail = handle.read().decode("utf-8", "replace").strip().splitlines()[-5:]
             raise RuntimeError("the daemon exited at start: " + " / ".join(tail))
         time.sleep(0.1)
-    raise RuntimeError(f"the daemon did not report running within {wait_s:.0f} s; see {err}")
+    raise RuntimeError(f"the daemon did not start within {wait_s:.0f} s; see {err}")
 
 
 def terminate(workspace: Path, timeout_s: float, kill: bool) -> str:
@@ -411,18 +426,20 @@ def terminate(workspace: Path, timeout_s: float, kill: bool) -> str:
     info = running(workspace)
     if info is None:
         return "not running"
-    with Store.open(workspace) as store, store.db.conn:
-        store.db["control"].insert({"ts": now(), "command": "stop", "handled_at": None})
-    if info.pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(info.pid, signal.SIGTERM)
+    if info.state != "stopping":  # a second SIGTERM would interrupt the checkpoint write
+        with Store.open(workspace) as store, store.db.conn:
+            store.db["control"].insert({"ts": now(), "command": "stop", "handled_at": None})
+        if info.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not lock_held(workspace):
             return "stopped"
         time.sleep(0.1)
     if kill and info.pid:
-        os.kill(info.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.pid, signal.SIGKILL)
         while lock_held(workspace):
             time.sleep(0.05)
         return "killed"

@@ -35,7 +35,12 @@ def daemon() -> None:
 
 @daemon.command()
 @workspace_option
-@click.option("--cycles", "-n", type=int, help="Stop after this many cycles (default: until done).")
+@click.option(
+    "--cycles",
+    "-n",
+    type=click.IntRange(min=1),
+    help="Stop after this many cycles (default: until done).",
+)
 @click.option("--foreground", is_flag=True, help="Run in this process (for systemd, containers).")
 @click.option("--log-to-stderr/--no-log-to-stderr", default=True, hidden=True)
 @_user_errors
@@ -56,6 +61,9 @@ def start(workspace: Path, cycles: int | None, foreground: bool, log_to_stderr: 
             info = d.spawn(workspace, argv)
         except RuntimeError as exc:
             raise UserError(str(exc)) from None
+        if info is None:
+            console.print(f"the daemon ran and finished at once; see {d.log_path(workspace)}")
+            return
         console.print(
             f"daemon started: pid {info.pid}  |  log: {d.log_path(workspace)}\n"
             f"watch it with `dte watch {workspace}`; stop it with `dte daemon stop -w {workspace}`",

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dte_aar.daemon import WorkspaceLock
 from dte_aar.tui import watch_command
 from dte_aar.tui.app import WatchApp
 from dte_aar.tui.demo import add_cycle, fill_store
@@ -286,6 +287,8 @@ def test_keys_send_control_rows(store: Path) -> None:
 
 def test_header_shows_the_daemon(store: Path) -> None:
     (store / "daemon.pid").write_text(str(os.getpid()))
+    lock = WorkspaceLock(store)  # what a live daemon holds; the pid file alone is not enough
+    assert lock.acquire()
 
     async def run() -> None:
         app = WatchApp(store, interval=0.05)
@@ -297,6 +300,8 @@ def test_header_shows_the_daemon(store: Path) -> None:
             with sqlite3.connect(store / "dte.db") as conn:  # the daemon handles it
                 conn.execute("update control set handled_at = '2025-01-02T00:00:00'")
             await until(pilot, lambda: "daemon: paused" in header_text(app))
+            lock.release()  # the daemon died: its pid file is stale now
+            await until(pilot, lambda: "daemon: not running (stale pid" in header_text(app))
             (store / "daemon.pid").unlink()
             await until(pilot, lambda: "daemon: not running" in header_text(app))
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dte_aar.daemon import lock_held, read_info
 from dte_aar.store import BUSY_TIMEOUT_MS, DB_FILE, PHASES, StoreError
 
-PID_FILE = "daemon.pid"
 #: Corpus sources with no generator: the filter's "generator" names them instead.
 SOURCES_WITHOUT_GENERATOR = ("seed", "import", "self")
 COMMANDS = ("pause", "resume", "stop")
@@ -268,35 +267,9 @@ def read_pid(workspace: Path) -> int | None:
 
 def read_pid_file(workspace: Path) -> tuple[int | None, str | None]:
     """The daemon's pid and its own word for its state ("running", "paused", "retrying"...)
-    from ``<workspace>/daemon.pid``: JSON as `dte daemon` writes it, or a bare number."""
-    try:
-        text = (Path(workspace) / PID_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None, None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text.split()[0] if text else None
-    state = None
-    if isinstance(value, dict):
-        state = value.get("state") if isinstance(value.get("state"), str) else None
-        value = value.get("pid")
-    try:
-        return (int(value) if value is not None else None), state
-    except (TypeError, ValueError):
-        return None, None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+    from ``<workspace>/daemon.pid`` (see :func:`dte_aar.daemon.read_info`)."""
+    info = read_info(workspace)
+    return (info.pid, info.state) if info else (None, None)
 
 
 def daemon_state(
@@ -363,7 +336,7 @@ class Reader:
         """
         with self.lock:
             pid, reported = read_pid_file(self.workspace)
-            pid_key = (pid, pid is not None and pid_alive(pid), reported)
+            pid_key = (pid, lock_held(self.workspace), reported)  # the lock decides
             version = self.conn.execute("PRAGMA data_version").fetchone()[0]
             unchanged = version == self._data_version and pid_key == self._pid_key
             if unchanged and not force and self._snapshot.complete:
