@@ -404,8 +404,9 @@ def judge(
         cfg.ngram_min_words,
     )
     failed = failures(m, cfg, checks)
-    cut = truncation(sample.text, cfg.truncation_min_words, sample.finish_reason)
-    if cfg.truncation and cut:
+    if cfg.truncation and (
+        cut := truncation(sample.text, cfg.truncation_min_words, sample.finish_reason)
+    ):
         failed.append((f"truncated ({cut})", 0.5))
     if failed:
         score = min(score for _, score in failed)
