@@ -307,3 +307,15 @@ def test_the_loop_survives_a_failing_store_and_retries():
     status = d._loop(runner, requests, cfg, 2, info, lambda state=None: states.append(state))
     assert status == "done" and runner.ran == [0, 1] and info.failures == 0
     assert "retrying" in states and states[-1] is None  # published the retry, then the cycle
+
+
+def test_a_stop_is_published_once_and_a_second_signal_interrupts():
+    states: list = []
+    requests = d.Requests(states.append)
+    assert requests.should_stop() is False and states == []
+    requests.on_signal(signal.SIGTERM, None)  # the handler only sets flags
+    assert states == []
+    assert requests.should_stop() and requests.should_stop()
+    assert states == ["stopping"] and requests.signal_name == "SIGTERM"
+    with pytest.raises(KeyboardInterrupt):
+        requests.on_signal(signal.SIGTERM, None)
