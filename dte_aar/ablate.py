@@ -38,7 +38,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -54,9 +53,10 @@ from dte_aar.cli_options import workspace_option
 from dte_aar.config import ConfigError, Settings, StageSettings, load_settings
 from dte_aar.losses import Objective
 from dte_aar.model import PRESETS, GrowingTransformer, ModelConfig
+from dte_aar.objective import stage_objective
 from dte_aar.progress import NullProgress, Progress, RichProgress
 from dte_aar.train import configure_optimizer, resolve_device, train
-from dte_aar_plugins.progressive import ProgressiveConfig, ProgressiveTrainer
+from dte_aar_plugins.progressive import ProgressiveConfig
 
 DEFAULT_STEPS = {"tiny": 240}  # ~6 minutes for the default arms on one CPU thread
 GPU_PRESET_STEPS = 2000
@@ -108,9 +108,8 @@ def objective(arm: Arm, model: GrowingTransformer, layers: int, bench: Bench) ->
     if not arm.identity_losses:
         return Objective()
     stage = stage_at(bench.settings.stages, layers)
-    ctx = SimpleNamespace(settings=bench.settings, stage_settings=stage, arena=bench.arena)
     tok, ids = bench.corpus.tokenizer, bench.corpus.self_ids
-    return ProgressiveTrainer().objective(ctx, model, tok, ids)  # type: ignore[arg-type]
+    return stage_objective(bench.settings, stage, bench.arena, model, tok, ids)
 
 
 def carry_optimizer(

@@ -35,14 +35,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import Field
 from tokenizers import Tokenizer
 
 from dte_aar import distributed
 from dte_aar.agent import checkpoint_file, tokenizer_file, tokens_file
-from dte_aar.arena import heldout
 from dte_aar.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -53,11 +51,11 @@ from dte_aar.distributed import FSDP_PRESETS
 from dte_aar.embeddings import cooccurrence_factors, word2vec_embeddings
 from dte_aar.files import remove_checkpoint_files
 from dte_aar.hookspecs import CycleContext, PluginConfig, Stopped, TrainResult, hookimpl
-from dte_aar.losses import ANCHOR_WINDOWS, Objective, identity_anchor, token_weights
+from dte_aar.losses import Objective
 from dte_aar.model import PRESETS, GrowingTransformer, ModelConfig
+from dte_aar.objective import stage_objective
 from dte_aar.schedule import trainable_top_blocks
 from dte_aar.tokenizer import (
-    EOT_ID,
     load_tokenizer,
     save_tokenizer,
     self_reference_ids,
@@ -271,28 +269,8 @@ class ProgressiveTrainer:
     def objective(
         self, ctx: CycleContext, model: GrowingTransformer, tok: Tokenizer, self_ids: list[int]
     ) -> Objective:
-        """The stage's loss terms; the identity anchors from the seed's train split."""
-        cfg = ctx.settings.train
-        on = set(ctx.stage_settings.losses)
-        weights = {
-            "identity": cfg.identity_loss_weight if "identity" in on else 0.0,
-            "persona": cfg.persona_loss_weight if "persona" in on else 0.0,
-            "coherence": cfg.coherence_loss_weight if "coherence" in on else 0.0,
-        }
-        anchor = self_anchor = None
-        if weights["identity"] or weights["persona"]:
-            seed = _seed_tokens(ctx, tok, ANCHOR_WINDOWS * model.config.seq_len)
-            if len(seed) > 1:
-                anchor, self_anchor = identity_anchor(model, seed, self_ids)
-        ids = torch.as_tensor(self_ids, dtype=torch.long) if self_ids else None
-        boost = cfg.self_reference_boost
-        return Objective(
-            token_weights=token_weights(model.config.vocab_size, self_ids, boost),
-            self_ids=ids,
-            anchor=anchor,
-            self_anchor=self_anchor,
-            **weights,
-        )
+        """The stage's loss terms (:func:`dte_aar.objective.stage_objective`)."""
+        return stage_objective(ctx.settings, ctx.stage_settings, ctx.arena, model, tok, self_ids)
 
 
 def partial_file(workspace: Path, cycle: int) -> Path:
@@ -342,19 +320,6 @@ def _plain_model(
     model.load_state_dict(weights, assign=True)
     model.set_trainable(n_top)
     return model
-
-
-def _seed_tokens(ctx: CycleContext, tok: Tokenizer, max_tokens: int) -> np.ndarray:
-    """The arena's seed examples of the train split, tokenized: what the anchor is made of."""
-    s = ctx.settings
-    texts = [e.text for e in ctx.arena.seed if not heldout(e.origin, s.seed, s.heldout_fraction)]
-    out: list[int] = []
-    for start in range(0, len(texts), 64):
-        if len(out) >= max_tokens:
-            break
-        for enc in tok.encode_batch(texts[start : start + 64]):
-            out += [*enc.ids, EOT_ID]
-    return np.asarray(out[:max_tokens], dtype=np.int64)
 
 
 @hookimpl
