@@ -48,6 +48,19 @@ def checkpoint_file(workspace: Path, cycle: int) -> Path:
 
 
 @dataclass(frozen=True)
+class AnswerScore:
+    """How a model reads ``answer`` after a context: its mean per-token negative
+    log-likelihood, and per token whether it was the model's argmax (greedy) choice."""
+
+    nll: float
+    hits: tuple[bool, ...]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.hits) / len(self.hits) if self.hits else 0.0
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to sample. ``temperature`` 0 is greedy; ``top_k`` 0/None and ``top_p`` None/1.0
     are off. ``stop`` strings end a text and are not part of it."""
@@ -327,6 +340,33 @@ class Agent:
         return self.generate(prompt, max_new_tokens, temperature, top_k, seed).text
 
     @torch.no_grad()
+    @torch.no_grad()
+    def answer_score(self, context: str, answer: str) -> AnswerScore:
+        """Teacher-forced score of ``answer`` right after ``context``: one forward pass.
+
+        The context starts with end-of-text, as every training document does (the packed
+        token files end each one with it). In a short window the answer is cut, never the
+        context below half the window: an answer read without its question would score the
+        same after every question. What the milestone evaluators are built on.
+        """
+        tok, model = self.tokenizer, self.model
+        answer_ids = tok.encode(answer).ids
+        if not answer_ids:
+            raise ValueError("cannot score an empty answer")
+        context_ids = [EOT_ID, *tok.encode(context).ids]
+        window = model.config.seq_len
+        keep = min(len(context_ids), max(window // 2, window + 1 - len(answer_ids)))
+        answer_ids = answer_ids[: window + 1 - keep]
+        ids = context_ids[len(context_ids) - keep :] + answer_ids
+        n = len(answer_ids)
+        x = torch.tensor([ids[:-1]], device=self.device)
+        target = torch.tensor(ids[-n:], device=self.device)
+        logits, _ = model(x)
+        logits = logits[0, -n:].float()
+        nll = F.cross_entropy(logits, target).item()
+        hits = (logits.argmax(dim=-1) == target).tolist()
+        return AnswerScore(nll, tuple(bool(h) for h in hits))
+
     def mean_loss(
         self, tokens: PackedTokens | np.ndarray, batch_size: int = 16, max_tokens: int | None = None
     ) -> float:

@@ -13,9 +13,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-from torch.nn import functional as F
-
 from dte_aar.agent import Agent
 from dte_aar.hookspecs import CycleContext, hookimpl
 from dte_aar.train import resolve_device
@@ -28,21 +25,10 @@ def frame(kind: str, prompt: str, speaker: str) -> tuple[str, str]:
     return f"User: {prompt}\n{speaker}:", " "
 
 
-@torch.no_grad()
 def answer_nll(agent: Agent, context: str, answer: str) -> float:
-    """Mean negative log-likelihood per token of ``answer`` following ``context``."""
-    tok = agent.tokenizer
-    ctx_ids = tok.encode(context).ids
-    ans_ids = tok.encode(answer).ids
-    limit = agent.model.config.seq_len + 1
-    ans_ids = ans_ids[: limit - 1]
-    ids = (ctx_ids + ans_ids)[-limit:]
-    n_ans = len(ans_ids)
-    x = torch.tensor([ids[:-1]], device=agent.device)
-    y = torch.tensor([ids[1:]], device=agent.device)
-    logits, _ = agent.model(x)
-    losses = F.cross_entropy(logits[0].float(), y[0], reduction="none")
-    return losses[-n_ans:].mean().item()
+    """Mean negative log-likelihood per token of ``answer`` following ``context``
+    (:meth:`Agent.answer_score`, the rule every milestone evaluator shares)."""
+    return agent.answer_score(context, answer).nll
 
 
 class MilestoneEvaluator:

@@ -32,29 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import torch
 from pydantic import Field
-from torch.nn import functional as F
 
-from dte_aar.agent import Agent
+from dte_aar.agent import Agent, AnswerScore
 from dte_aar.hookspecs import CycleContext, PluginConfig, hookimpl
-from dte_aar.tokenizer import EOT_ID
 from dte_aar.train import resolve_device
 
 NEUTRAL = ""  # the context "nothing yet": end-of-text alone, where every document starts
-
-
-@dataclass(frozen=True)
-class AnswerScore:
-    """How a model reads ``answer`` after a context: its mean per-token negative
-    log-likelihood, and per token whether it was the model's argmax (greedy) choice."""
-
-    nll: float
-    hits: tuple[bool, ...]
-
-    @property
-    def accuracy(self) -> float:
-        return sum(self.hits) / len(self.hits) if self.hits else 0.0
 
 
 class Scorer(Protocol):
@@ -64,12 +48,8 @@ class Scorer(Protocol):
 
 
 class AgentScorer:
-    """A checkpoint as a :class:`Scorer`: one teacher-forced forward pass per question.
-
-    Every context starts with end-of-text, as every training document does (the packed
-    token files end each document with one), so ``NEUTRAL`` is the model's unconditional
-    start.
-    """
+    """A checkpoint as a :class:`Scorer` (:meth:`Agent.answer_score`: one teacher-forced
+    forward pass, after end-of-text, so ``NEUTRAL`` is the model's unconditional start)."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -79,27 +59,8 @@ class AgentScorer:
         device = resolve_device(ctx.settings.train.device)
         return cls(Agent.load(checkpoint, ctx.workspace, device=device))
 
-    @torch.no_grad()
     def score(self, context: str, answer: str) -> AnswerScore:
-        tok, model = self.agent.tokenizer, self.agent.model
-        answer_ids = tok.encode(answer).ids
-        if not answer_ids:
-            raise ValueError("cannot score an empty answer")
-        context_ids = [EOT_ID, *tok.encode(context).ids]
-        # In a short window the answer is cut, never the context: an answer read without
-        # its question would score the same after every question.
-        window = model.config.seq_len
-        keep = min(len(context_ids), max(window // 2, window + 1 - len(answer_ids)))
-        answer_ids = answer_ids[: window + 1 - keep]
-        ids = context_ids[len(context_ids) - keep :] + answer_ids
-        n = len(answer_ids)
-        x = torch.tensor([ids[:-1]], device=self.agent.device)
-        target = torch.tensor(ids[-n:], device=self.agent.device)
-        logits, _ = model(x)
-        logits = logits[0, -n:].float()
-        nll = F.cross_entropy(logits, target).item()
-        hits = (logits.argmax(dim=-1) == target).tolist()
-        return AnswerScore(nll, tuple(bool(h) for h in hits))
+        return self.agent.answer_score(context, answer)
 
 
 ScorerFactory = Callable[[Path, CycleContext], Scorer]

@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_identity_curator import OFF_IDENTITY
 from tiny_workspace import tiny_workspace
+from torch.nn import functional as F
 
 from dte_aar.agent import Agent, SamplingParams
 from dte_aar.arena import load_arena
@@ -290,8 +291,15 @@ def test_agent_scorer_hits_are_the_greedy_continuation(ws: Path) -> None:
         changed = tok.decode([*answer_ids[:-1], (answer_ids[-1] + 1) % tok.get_vocab_size()])
         if tok.encode(changed).ids[:-1] == answer_ids[:-1]:
             assert scorer.score(prompt, changed).hits[-1] is False
-        # Its likelihood is the milestone evaluator's, with the document start made explicit.
-        assert scored.nll == pytest.approx(answer_nll(agent, EOT + prompt, answer), rel=1e-5)
+        # Its likelihood, computed by hand: one forward pass over end-of-text, prompt, answer.
+        ids = [EOT_ID, *tok.encode(prompt).ids, *answer_ids]
+        with torch.no_grad():
+            logits, _ = agent.model(torch.tensor([ids[:-1]], device=agent.device))
+        n = len(answer_ids)
+        target = torch.tensor(ids[-n:], device=agent.device)
+        by_hand = F.cross_entropy(logits[0, -n:].float(), target).item()
+        assert scored.nll == pytest.approx(by_hand, rel=1e-5)
+        assert answer_nll(agent, prompt, answer) == pytest.approx(by_hand, rel=1e-5)  # shared
         checked += 1
     assert checked >= 1
 
