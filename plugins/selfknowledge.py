@@ -142,6 +142,7 @@ class SelfKnowledgeEvaluator:
         passed = len(right) >= cfg.min_questions and share >= cfg.threshold
         scores = {
             "self_knowledge": share,
+            "self_knowledge_bar": cfg.threshold,  # with at least min_questions asked
             "self_knowledge_pass": float(passed),
             "self_knowledge_chance": sum(1 / len(q.options()) for q in questions) / len(questions),
             "self_knowledge_questions": float(len(questions)),

@@ -134,10 +134,8 @@ def test_ties_count_as_wrong_and_the_share_is_exact(store: Store, tmp_path: Path
 def test_the_bar_and_the_minimum_count(store: Store, tmp_path: Path) -> None:
     share = evaluate(Oracle(only="layer"), store, tmp_path)["self_knowledge"]
     assert 0 < share < 0.6
-    assert (
-        evaluate(Oracle(only="layer"), store, tmp_path, threshold=share)["self_knowledge_pass"]
-        == 1.0
-    )
+    at_share = evaluate(Oracle(only="layer"), store, tmp_path, threshold=share)
+    assert at_share["self_knowledge_pass"] == 1.0 and at_share["self_knowledge_bar"] == share
     assert evaluate(Oracle(), store, tmp_path, min_questions=100)["self_knowledge_pass"] == 0.0
     with pytest.raises(ValueError):
         SelfKnowledgeConfig(threshold=0)
