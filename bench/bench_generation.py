@@ -32,6 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpt2_reference import gpt2_like  # noqa: E402
+
 from dte_aar.agent import BatchDecoder, SamplingParams  # noqa: E402
 from dte_aar.model import GrowingTransformer, ModelConfig  # noqa: E402
 
@@ -46,24 +48,8 @@ def ours(cfg: ModelConfig, device: str) -> GrowingTransformer:
 
 
 def gpt2(cfg: ModelConfig, device: str) -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=cfg.vocab_size,
-        n_positions=cfg.seq_len,
-        n_embd=cfg.d_model,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
-        n_inner=cfg.d_ff,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=None,
-        eos_token_id=None,
-        attn_implementation="sdpa",
-    )
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(config).to(device).eval()
+    model = gpt2_like(cfg).to(device).eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+from gpt2_reference import gpt2_like
 from torch import nn
 
 from dte_aar.model import (
@@ -139,29 +140,9 @@ def ms(t: Timing) -> list[str]:
 
 # ----------------------------------------------------------------------------- a) vs GPT-2
 def bench_vs_gpt2(cfg: ModelConfig, run: Run, mm_n: int) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
     torch.manual_seed(0)
     ours = GrowingTransformer(cfg).train()
-    gpt2 = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=cfg.vocab_size,
-            n_positions=cfg.seq_len,
-            n_embd=cfg.d_model,
-            n_layer=cfg.n_layers,
-            n_head=cfg.n_heads,
-            n_inner=cfg.d_ff,
-            # The same work as ours, which has no dropout; everything else GPT-2's defaults.
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=0,
-            eos_token_id=0,
-            attn_implementation="sdpa",
-        )
-    ).train()
+    gpt2 = gpt2_like(cfg, special_token_id=0).train()
     x, _ = batch(cfg)
     gpt2_opt = torch.optim.AdamW(gpt2.parameters(), lr=1e-4)
 

@@ -61,15 +61,20 @@ def test_init_is_seeded() -> None:
     assert not torch.equal(a.tok_emb.weight, c.tok_emb.weight)
 
 
-@pytest.mark.parametrize("n_layers", [1, 3])
-def test_identity_growth_preserves_the_function(n_layers: int) -> None:
-    model = make(n_layers=n_layers)
-    # Train a little first so the function is not the near-trivial init one.
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+def train_a_little(model: GrowingTransformer) -> None:
+    """Three SGD steps on what trains, so the function is not the near-trivial init one."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     for _ in range(3):
         opt.zero_grad()
         model(*batch())[1].backward()
         opt.step()
+
+
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_identity_growth_preserves_the_function(n_layers: int) -> None:
+    model = make(n_layers=n_layers)
+    # Train a little first so the function is not the near-trivial init one.
+    train_a_little(model)
     x, _ = batch(seed=5)
     with torch.no_grad():
         before, _ = model(x)
@@ -356,11 +361,7 @@ def test_init_key_bias_reaches_every_block_and_later_ones() -> None:
 def test_identity_growth_with_priors_preserves_the_function(n: int) -> None:
     model = prior_model(n_layers=2)
     model.set_trainable(1)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    for _ in range(3):
-        opt.zero_grad()
-        model(*batch())[1].backward()
-        opt.step()
+    train_a_little(model)
     x, _ = batch(seed=5)
     with torch.no_grad():
         before, _ = model(x)
