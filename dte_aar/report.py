@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from dte_aar.tui import DEFAULT_WORKSPACE, _UserError, resolve_workspace
+from dte_aar.cli_options import resolve_workspace, workspace_argument_or_option
+from dte_aar.tui import _UserError
 from dte_aar.tui.queries import (
     MILESTONES,
     Reader,
@@ -387,14 +388,7 @@ def _cell(text: str) -> str:
 
 # --------------------------------------------------------------------------- command
 @click.command("report")
-@click.argument("workspace", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--workspace",
-    "-w",
-    "workspace_option",
-    type=click.Path(file_okay=False, path_type=Path),
-    help=f"Same as WORKSPACE (default: $DTE_WORKSPACE or ./{DEFAULT_WORKSPACE}).",
-)
+@workspace_argument_or_option
 @click.option(
     "--out",
     "-o",

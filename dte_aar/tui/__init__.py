@@ -7,32 +7,19 @@ This module only defines the click command, so adding it to the CLI imports no T
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-DEFAULT_WORKSPACE = "dte-workspace"
+from dte_aar.cli_options import resolve_workspace, workspace_argument_or_option
 
 
 class _UserError(click.ClickException):
     exit_code = 2
 
 
-def resolve_workspace(workspace: Path | None, option: Path | None) -> Path:
-    """The positional WORKSPACE, else -w/--workspace, else $DTE_WORKSPACE, else the default."""
-    return workspace or option or Path(os.environ.get("DTE_WORKSPACE") or DEFAULT_WORKSPACE)
-
-
 @click.command("watch")
-@click.argument("workspace", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--workspace",
-    "-w",
-    "workspace_option",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Same as WORKSPACE (default: $DTE_WORKSPACE or ./dte-workspace).",
-)
+@workspace_argument_or_option
 @click.option(
     "--interval", type=float, default=1.0, show_default=True, help="Seconds between polls."
 )
