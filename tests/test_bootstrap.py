@@ -179,7 +179,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path) -> None:
     wait_for(ws, "select 1 from cycles where n = 1 and phase_train = 'running'", proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr[-3000:]  # what it said, should it ever fail
     assert "run `dte bootstrap` again to resume" in stderr
     assert "Traceback" not in stderr
     with Store.open(ws, readonly=True) as store:
